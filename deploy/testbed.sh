@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# gdrx soft-RoCE testbed: runs COMMAND where an rxe device exists and returns its exit status.
+#
+#   deploy/testbed.sh [--native | --vm] [--out DIR] [--] COMMAND [ARGS...]
+#
+# Native mode (the default when this kernel can load rdma_rxe and we are root): creates a veth
+# pair with an address and an rxe device on it, runs COMMAND, removes them again.
+# VM mode (the default otherwise, e.g. kernels built without RDMA): boots Debian's 6.12 kernel
+# (which has rdma_rxe and udmabuf) with virtme-ng over this machine's own root filesystem, so
+# binaries built here run unchanged; sets rxe up inside and runs COMMAND there.
+# Missing pieces (Debian packages, the kernel image, virtme-ng) are installed first.
+#
+# COMMAND gets:
+#   GDRX_RDMA_DEV   the rxe device name          GDRX_RDMA_IP  its IPv4 address
+#   GDRX_OUT        a directory shared with the host (VM: the only place writes survive)
+#   GDRX_TESTBED    native | vm
+#
+# Environment:
+#   GDRX_TESTBED=auto|native|vm   mode (default auto)
+#   GDRX_OUT=DIR                  shared output directory (default target/testbed)
+#   GDRX_IP_CIDR=10.77.0.1/24     address of the rxe interface
+#   GDRX_VM_MEMORY=2G  GDRX_VM_CPUS=<nproc, at most 4>  GDRX_KERNEL=/boot/vmlinuz-...
+#   GDRX_TESTBED_KVM=1            use KVM in the VM (off by default: where /dev/kvm exists but
+#                                 nested virtualisation is broken, qemu hangs or aborts)
+#   GDRX_TESTBED_TIMEOUT=3600     seconds before the run is killed
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$HERE")
+log() { printf '[gdrx testbed] %s\n' "$*" >&2; }
+usage() { sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+
+MODE=${GDRX_TESTBED:-auto}
+OUT=${GDRX_OUT:-$REPO/target/testbed}
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --native) MODE=native; shift ;;
+        --vm) MODE=vm; shift ;;
+        --out) OUT=$2; shift 2 ;;
+        -h|--help) usage ;;
+        --) shift; break ;;
+        -*) log "unknown option $1"; usage ;;
+        *) break ;;
+    esac
+done
+[ $# -gt 0 ] || usage
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+export GDRX_IP_CIDR=${GDRX_IP_CIDR:-10.77.0.1/24}
+IP=${GDRX_IP_CIDR%/*}
+TIMEOUT=${GDRX_TESTBED_TIMEOUT:-3600}
+
+can_native() {
+    [ "$(id -u)" = 0 ] || return 1
+    command -v rdma >/dev/null || return 1
+    [ -d /sys/module/rdma_rxe ] || modprobe rdma_rxe 2>/dev/null
+}
+
+if [ "$MODE" = auto ]; then
+    if can_native; then MODE=native; else MODE=vm; fi
+fi
+
+run_native() {
+    command -v rdma >/dev/null || "$HERE/install-deps.sh"
+    can_native || { log "native mode needs root and a kernel that can load rdma_rxe"; exit 1; }
+    export GDRX_RXE_NAME=${GDRX_RXE_NAME:-gdrx_rxe0}
+    "$HERE/rxe-setup.sh" up
+    trap '"$HERE/rxe-setup.sh" down' EXIT
+    log "native: $GDRX_RXE_NAME at $IP; running: $*"
+    set +e
+    GDRX_RDMA_DEV=$GDRX_RXE_NAME GDRX_RDMA_IP=$IP GDRX_OUT=$OUT GDRX_TESTBED=native \
+        timeout "$TIMEOUT" "$@"
+    rc=$?
+    set -e
+    [ "$rc" = 124 ] && log "timed out after ${TIMEOUT}s"
+    return "$rc"
+}
+
+find_vng() {
+    local venv=${GDRX_VENV:-$HOME/.local/share/gdrx/venv}
+    if [ -x "$venv/bin/vng" ]; then echo "$venv/bin/vng"; elif command -v vng >/dev/null; then command -v vng; fi
+}
+
+find_kernel() {
+    if [ -n "${GDRX_KERNEL:-}" ]; then echo "$GDRX_KERNEL"; return; fi
+    ls /boot/vmlinuz-6.12.* 2>/dev/null | sort -V | tail -n1
+}
+
+run_vm() {
+    local vng kernel
+    vng=$(find_vng)
+    kernel=$(find_kernel)
+    if [ -z "$vng" ] || [ -z "$kernel" ] || ! command -v qemu-system-x86_64 >/dev/null || ! command -v rdma >/dev/null; then
+        log "installing what the VM testbed needs"
+        "$HERE/install-deps.sh"
+        vng=$(find_vng)
+        kernel=$(find_kernel)
+    fi
+    [ -n "$vng" ] || { log "virtme-ng (vng) not found after install"; exit 1; }
+    [ -r "$kernel" ] || { log "kernel image $kernel not readable"; exit 1; }
+    local cpus=${GDRX_VM_CPUS:-$(nproc)}
+    [ "$cpus" -gt 4 ] && cpus=4
+    local mem=${GDRX_VM_MEMORY:-2G}
+    local kvm=(--disable-kvm)
+    [ "${GDRX_TESTBED_KVM:-0}" = 1 ] && kvm=()
+
+    # The command, its working directory and environment travel in a script in the shared dir.
+    local guest="$OUT/.gdrx-guest.sh" rcfile="$OUT/.gdrx-guest.rc"
+    rm -f "$rcfile"
+    {
+        echo '#!/usr/bin/env bash'
+        echo 'set -u'
+        printf 'export PATH=%q HOME=%q\n' "$PATH" "$HOME"
+        for v in $(compgen -e | grep -E '^(GDRX_|RUST_|CARGO_)' || true); do
+            printf 'export %s=%q\n' "$v" "${!v}"
+        done
+        printf 'export GDRX_RXE_NAME=rxe0 GDRX_RDMA_DEV=rxe0 GDRX_RDMA_IP=%q GDRX_OUT=%q GDRX_TESTBED=vm\n' "$IP" "$OUT"
+        printf '%q up || { echo 97 > %q; exit 97; }\n' "$HERE/rxe-setup.sh" "$rcfile"
+        printf 'cd %q || exit 98\n' "$PWD"
+        printf '%q ' "$@"; echo
+        echo 'rc=$?'
+        printf 'echo $rc > %q\n' "$rcfile"
+        echo 'exit $rc'
+    } > "$guest"
+    chmod +x "$guest"
+    log "vm: $(basename "$kernel"), ${cpus} vCPUs, ${mem}, $([ ${#kvm[@]} = 0 ] && echo KVM || echo 'TCG (no KVM)'); running: $*"
+    set +e
+    timeout "$TIMEOUT" setsid -w "$vng" --run "$kernel" "${kvm[@]}" --memory "$mem" --cpus "$cpus" \
+        --rwdir "$OUT" --exec "$guest" </dev/null
+    local rc=$?
+    set -e
+    if [ "$rc" = 124 ]; then
+        log "timed out after ${TIMEOUT}s"
+        return 124
+    fi
+    if [ ! -f "$rcfile" ]; then
+        log "the VM exited ($rc) without running the command: boot failure? (try GDRX_TESTBED_KVM=0, check $kernel)"
+        return 125
+    fi
+    return "$(cat "$rcfile")"
+}
+
+case "$MODE" in
+    native) run_native "$@" ;;
+    vm) run_vm "$@" ;;
+    *) log "GDRX_TESTBED must be auto, native or vm"; exit 2 ;;
+esac

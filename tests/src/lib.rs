@@ -1,0 +1,29 @@
+//! # gdrx-tests
+//!
+//! The soft-RoCE integration suite of gdrx and its harness: message framing with sequence
+//! numbers and checksums ([`frame`]), a receiver ([`recv`]) and a sender that runs in a second
+//! process ([`peer`], binary `gdrx-testpeer`), a dma-buf made from a memfd ([`udmabuf`]), and the
+//! per-process RDMA resource counts used as a leak check ([`res`]).
+//!
+//! The tests in `tests/rxe.rs` need a real rxe device: they are `#[ignore]`d in a plain
+//! `cargo test` and run by `deploy/testbed.sh` (via `deploy/run-tests.sh`), which exports
+//! `GDRX_RDMA_DEV` and `GDRX_RDMA_IP`. Told to use a device that is missing, they fail.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod env;
+pub mod frame;
+pub mod peer;
+pub mod recv;
+pub mod res;
+pub mod udmabuf;
+
+pub use env::RxeEnv;
+
+/// Installs a `tracing` subscriber reading `GDRX_LOG` (default `warn`), once.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GDRX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

@@ -1,0 +1,534 @@
+//! The receiving side of the two-process tests: one SRQ fed from one receive region, a listener
+//! accepting every sender connection, and a poll loop that verifies each message and reposts its
+//! buffer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use gdrx_core::wire::{Hello, RemoteWindow, Welcome};
+use gdrx_core::{
+    Access, ConnectionSpec, Cq, Device, Error, HostMemory, Listener, Mr, RecvBatch, Sge, Srq, SrqConfig, WcError,
+    WcOpcode, WorkCompletion,
+};
+
+use crate::frame::{self, SizeClass};
+use crate::peer::{OpKind, Plan, Report};
+use crate::RxeEnv;
+
+/// Bytes of each receive that land in the header buffer when receives use two SGEs.
+pub const HEADER_SPLIT: u32 = 64;
+
+/// How the receiver is set up and what it expects.
+#[derive(Debug, Clone)]
+pub struct RecvConfig {
+    /// Event mode (completion channel + poll) instead of busy polling.
+    pub events: bool,
+    /// SGEs per receive work request: 1 (one buffer) or 2 (a 64-byte header buffer from one MR
+    /// and the rest from another, like header split).
+    pub sges: u32,
+    /// Receive work requests posted on the SRQ (= receive buffers).
+    pub slots: u32,
+    /// Bytes per receive buffer: the largest message accepted.
+    pub slot_size: u32,
+    /// Sender connections carrying normal streams.
+    pub conns: u32,
+    /// Messages per connection.
+    pub messages: u32,
+    /// Operation the sender uses.
+    pub op: OpKind,
+    /// Add a connection that sends this many normal messages and then one oversize message.
+    pub oversize_after: Option<u32>,
+    /// Have the sender first try a connection with malformed private data.
+    pub bad_hello: bool,
+    /// Give up after this long.
+    pub timeout: Duration,
+}
+
+/// What the receiver verified.
+#[derive(Debug, Default)]
+pub struct RecvReport {
+    /// Device used.
+    pub device: String,
+    /// Path MTU used by the schedule.
+    pub mtu: u32,
+    /// Messages verified per connection tag.
+    pub received: BTreeMap<u32, u32>,
+    /// Bytes verified.
+    pub bytes: u64,
+    /// Size-class coverage.
+    pub classes: BTreeMap<String, u64>,
+    /// Error completions seen on the receive side.
+    pub wc_errors: Vec<WcError>,
+    /// Verification failures (first 20).
+    pub frame_errors: Vec<String>,
+    /// Messages that failed verification.
+    pub frame_error_count: u64,
+    /// Connection requests rejected (malformed private data), with the error.
+    pub rejected: Vec<String>,
+    /// Completion events read (event mode).
+    pub events: u64,
+    /// Receive work requests reposted.
+    pub reposts: u64,
+    /// Largest number of work requests posted in one `ibv_post_srq_recv` call.
+    pub max_repost_batch: usize,
+    /// The sender's report.
+    pub peer: Option<Report>,
+    /// Seconds spent in the receive loop.
+    pub secs: f64,
+}
+
+impl RecvReport {
+    /// Total messages verified.
+    pub fn total(&self) -> u64 {
+        self.received.values().map(|&v| u64::from(v)).sum()
+    }
+}
+
+struct Buffers {
+    // MRs before the memory they register (drop order).
+    mrs: Vec<Mr>,
+    mems: Vec<Arc<HostMemory>>,
+    sges: u32,
+    slot_size: u32,
+}
+
+impl Buffers {
+    fn new(pd: &Arc<gdrx_core::Pd>, slots: u32, slot_size: u32, sges: u32) -> anyhow::Result<Buffers> {
+        let sizes: Vec<usize> = match sges {
+            1 => vec![slot_size as usize],
+            2 => vec![HEADER_SPLIT as usize, (slot_size - HEADER_SPLIT) as usize],
+            n => bail!("{n} SGEs per receive: the harness does 1 or 2"),
+        };
+        let mut mems = Vec::new();
+        let mut mrs = Vec::new();
+        for s in sizes {
+            let m = Arc::new(HostMemory::new(s * slots as usize)?);
+            mrs.push(pd.register(Arc::clone(&m), Access::recv())?);
+            mems.push(m);
+        }
+        Ok(Buffers {
+            mrs,
+            mems,
+            sges: sges.max(1),
+            slot_size,
+        })
+    }
+
+    fn sges(&self, slot: u32, out: &mut [Sge; 2]) -> usize {
+        if self.sges == 1 {
+            let s = self.slot_size as usize;
+            out[0] = self.mrs[0].sge(slot as usize * s, s).expect("slot in bounds");
+            1
+        } else {
+            let h = HEADER_SPLIT as usize;
+            let p = (self.slot_size - HEADER_SPLIT) as usize;
+            out[0] = self.mrs[0].sge(slot as usize * h, h).expect("slot in bounds");
+            out[1] = self.mrs[1].sge(slot as usize * p, p).expect("slot in bounds");
+            2
+        }
+    }
+
+    /// Copies the `len` received bytes of `slot` into `scratch`.
+    ///
+    /// # Safety
+    /// The slot's work request has completed and is not reposted yet.
+    unsafe fn read(&self, slot: u32, len: usize, scratch: &mut Vec<u8>) {
+        scratch.clear();
+        if self.sges == 1 {
+            let s = self.slot_size as usize;
+            // SAFETY: the caller guarantees the NIC is done with the slot.
+            scratch.extend_from_slice(unsafe { self.mems[0].slice(slot as usize * s, len) });
+        } else {
+            let h = HEADER_SPLIT as usize;
+            let p = (self.slot_size - HEADER_SPLIT) as usize;
+            let first = len.min(h);
+            // SAFETY: as above.
+            scratch.extend_from_slice(unsafe { self.mems[0].slice(slot as usize * h, first) });
+            if len > h {
+                // SAFETY: as above.
+                scratch.extend_from_slice(unsafe { self.mems[1].slice(slot as usize * p, len - h) });
+            }
+        }
+    }
+}
+
+/// Spawns the sender process.
+fn spawn_peer(exe: &Path, plan: &Plan) -> anyhow::Result<Child> {
+    let child = Command::new(exe)
+        .arg("--plan")
+        .arg(serde_json::to_string(plan)?)
+        .env("GDRX_LOG", std::env::var("GDRX_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {}", exe.display()))?;
+    Ok(child)
+}
+
+struct ConnState {
+    tag: u32,
+    next: u32,
+    expect: u32,
+    window_base: u64,
+}
+
+/// Runs a two-process test: this process receives, a `gdrx-testpeer` process (`peer_exe`,
+/// from `env!("CARGO_BIN_EXE_gdrx-testpeer")` in the test) sends.
+///
+/// # Errors
+/// Set-up failures and a sender that fails; verification problems are returned in the report for
+/// the test to assert on.
+pub fn run_two_process(env: &RxeEnv, cfg: &RecvConfig, peer_exe: &Path) -> anyhow::Result<RecvReport> {
+    let dev: Arc<Device> = env.open();
+    let port = dev.require_active_port(1)?;
+    let mtu = port.active_mtu;
+    let pd = dev.alloc_pd()?;
+    let total_conns = cfg.conns + u32::from(cfg.oversize_after.is_some());
+    let cqe = cfg.slots + 64;
+    let cq = if cfg.events { Cq::with_events(&dev, cqe)? } else { Cq::new(&dev, cqe)? };
+    let srq = Srq::new(
+        &pd,
+        SrqConfig {
+            max_wr: cfg.slots,
+            max_sge: cfg.sges,
+            limit: 0,
+        },
+    )?;
+    let bufs = Buffers::new(&pd, cfg.slots, cfg.slot_size, cfg.sges)?;
+    // RDMA WRITE window: one sub-window of messages * slot_size per connection.
+    let per_conn_window = u64::from(cfg.messages) * u64::from(cfg.slot_size);
+    let (window_mem, window_mr) = if cfg.op == OpKind::WriteImm {
+        let m = Arc::new(HostMemory::new((per_conn_window * u64::from(total_conns)) as usize)?);
+        let mr = pd.register(Arc::clone(&m), Access::remote_write())?;
+        (Some(m), Some(mr))
+    } else {
+        (None, None)
+    };
+
+    // Fill the SRQ: one chained post for all slots.
+    let mut batch = RecvBatch::with_capacity(cfg.slots as usize, (cfg.slots * cfg.sges) as usize);
+    let mut sg = [Sge {
+        addr: 0,
+        length: 0,
+        lkey: 0,
+    }; 2];
+    for slot in 0..cfg.slots {
+        let n = bufs.sges(slot, &mut sg);
+        batch.push(u64::from(slot), &sg[..n]).expect("batch sized for all slots");
+    }
+    // SAFETY: every SGE lies in `bufs`' MRs, which outlive the SRQ (dropped after it, below), and
+    // no slot is read before its completion is polled.
+    unsafe { srq.post_recv(&mut batch) }?;
+
+    let mut listener = Listener::bind(SocketAddr::new(env.ip, 0), 64)?;
+    let server = listener.local_addr();
+    let plan = Plan {
+        dev: env.dev.clone(),
+        server,
+        conns: cfg.conns,
+        messages: cfg.messages,
+        mtu,
+        max: cfg.slot_size,
+        op: cfg.op,
+        window: 16,
+        oversize_after: cfg.oversize_after,
+        bad_hello: cfg.bad_hello,
+    };
+    let mut child = spawn_peer(peer_exe, &plan)?;
+    let mut report = RecvReport {
+        device: dev.name().to_owned(),
+        mtu,
+        ..Default::default()
+    };
+    let spec = ConnectionSpec::new(&pd, &cq, &cq, Some(&srq));
+    let mut conns = Vec::new();
+    let mut by_qp: HashMap<u32, ConnState> = HashMap::new();
+    let accept_deadline = Instant::now() + Duration::from_secs(120);
+    let want_requests = total_conns + u32::from(cfg.bad_hello);
+    let mut got_requests = 0;
+    while got_requests < want_requests {
+        let left = accept_deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let _ = child.kill();
+            bail!("only {got_requests} of {want_requests} connection requests arrived; sender: {}", drain(&mut child));
+        }
+        let Some(req) = listener.next_request(Some(left.min(Duration::from_secs(1))))? else {
+            if let Some(st) = child.try_wait()? {
+                bail!("sender exited ({st}) while connecting: {}", drain(&mut child));
+            }
+            continue;
+        };
+        got_requests += 1;
+        let hello = match Hello::decode(req.private_data()) {
+            Ok(h) => h,
+            Err(e) => {
+                let err: Error = e.into_error("connect request private data");
+                report.rejected.push(err.to_string());
+                req.reject(b"gdrx: malformed hello")?;
+                continue;
+            }
+        };
+        let window = window_mr.as_ref().map(|mr| RemoteWindow {
+            addr: mr.iova() + u64::from(hello.conn_tag) * per_conn_window,
+            len: per_conn_window,
+            rkey: mr.rkey(),
+        });
+        let welcome = Welcome {
+            flags: 0,
+            recv_buf: cfg.slot_size,
+            window,
+        };
+        let conn = req.accept(&spec, &welcome.encode())?;
+        let expect = if hello.conn_tag >= cfg.conns {
+            cfg.oversize_after.unwrap_or(0)
+        } else {
+            cfg.messages
+        };
+        by_qp.insert(
+            conn.qp().qp_num(),
+            ConnState {
+                tag: hello.conn_tag,
+                next: 0,
+                expect,
+                window_base: u64::from(hello.conn_tag) * per_conn_window,
+            },
+        );
+        report.received.insert(hello.conn_tag, 0);
+        conns.push(conn);
+    }
+
+    // Receive loop.
+    let start = Instant::now();
+    let deadline = start + cfg.timeout;
+    let mut wcs = WorkCompletion::buffer(64);
+    let mut repost = RecvBatch::with_capacity(cfg.slots as usize, (cfg.slots * cfg.sges) as usize);
+    let mut scratch = Vec::with_capacity(cfg.slot_size as usize);
+    let mut oversize_seen = cfg.oversize_after.is_none();
+    let mut polls = 0u64;
+    let done = |by_qp: &HashMap<u32, ConnState>, oversize_seen: bool| {
+        oversize_seen && by_qp.values().all(|c| c.next >= c.expect)
+    };
+    while !done(&by_qp, oversize_seen) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let progress: Vec<_> = by_qp.values().map(|c| (c.tag, c.next, c.expect)).collect();
+            bail!(
+                "timed out after {:?}: (tag, received, expected) = {progress:?}; sender: {}",
+                cfg.timeout,
+                drain(&mut child)
+            );
+        }
+        let n = if cfg.events {
+            cq.poll_blocking(&mut wcs, Some(Duration::from_millis(200)))?
+        } else {
+            cq.poll(&mut wcs)?
+        };
+        polls += 1;
+        if n == 0 {
+            if polls % 64 == 0 {
+                if let Some(st) = child.try_wait()? {
+                    if !st.success() {
+                        bail!("sender failed ({st}) mid-stream: {}", drain(&mut child));
+                    }
+                }
+            }
+            if !cfg.events {
+                std::thread::yield_now();
+            }
+            continue;
+        }
+        for wc in &wcs[..n] {
+            let slot = wc.wr_id() as u32;
+            match wc.result() {
+                Ok(()) => {
+                    let Some(c) = by_qp.get_mut(&wc.qp_num()) else {
+                        report.frame_errors.push(format!("completion for unknown QP {:#x}", wc.qp_num()));
+                        report.frame_error_count += 1;
+                        continue;
+                    };
+                    let seq = c.next;
+                    let (want, class) = frame::size_for(c.tag, seq, mtu, cfg.slot_size);
+                    let res = match (cfg.op, wc.opcode()) {
+                        (OpKind::WriteImm, WcOpcode::RecvRdmaWithImm) => {
+                            let mem = window_mem.as_ref().expect("window exists in write mode");
+                            let off = (c.window_base + u64::from(seq) * u64::from(cfg.slot_size)) as usize;
+                            // Data written before the WRITE_WITH_IMM completion is visible now;
+                            // the sender never writes this sub-range again.
+                            // SAFETY: no other reference to this range exists and the peer is done
+                            // writing it (its completion is what we are handling).
+                            let data = unsafe { mem.slice(off, want as usize) };
+                            if wc.byte_len() != want {
+                                Err(frame::FrameError::Length {
+                                    want,
+                                    got: wc.byte_len(),
+                                })
+                            } else {
+                                frame::verify(data, c.tag, seq, want, wc.imm(), true)
+                            }
+                        }
+                        (OpKind::WriteImm, op) => Err(frame::FrameError::Length { want, got: op_code(op) }),
+                        (_, _) => {
+                            let len = (wc.byte_len() as usize).min(cfg.slot_size as usize);
+                            // SAFETY: the slot's work request just completed; it is reposted only
+                            // after this read.
+                            unsafe { bufs.read(slot, len, &mut scratch) };
+                            frame::verify(&scratch, c.tag, seq, want, wc.imm(), cfg.op.has_imm())
+                        }
+                    };
+                    match res {
+                        Ok(()) => {
+                            *report.classes.entry(format!("{class:?}")).or_insert(0) += 1;
+                            report.bytes += u64::from(want);
+                            *report.received.get_mut(&c.tag).expect("tag registered") += 1;
+                        }
+                        Err(e) => {
+                            report.frame_error_count += 1;
+                            if report.frame_errors.len() < 20 {
+                                report.frame_errors.push(format!("conn {} seq {seq}: {e}", c.tag));
+                            }
+                        }
+                    }
+                    c.next += 1;
+                }
+                Err(e) => {
+                    if e.status.is_receive_overflow()
+                        && by_qp.get(&e.qp_num).is_some_and(|c| c.tag >= cfg.conns)
+                    {
+                        oversize_seen = true;
+                    }
+                    report.wc_errors.push(e);
+                }
+            }
+            // Every completion, good or bad, consumed one SRQ work request: give it back.
+            let k = bufs.sges(slot, &mut sg);
+            repost.push(u64::from(slot), &sg[..k]).expect("repost batch sized for all slots");
+        }
+        report.max_repost_batch = report.max_repost_batch.max(repost.len());
+        report.reposts += repost.len() as u64;
+        // SAFETY: as for the initial post; the slots were just read and are not touched until
+        // their next completion.
+        unsafe { srq.post_recv(&mut repost) }?;
+    }
+    report.secs = start.elapsed().as_secs_f64();
+    report.events = cq.events_read();
+
+    // Let the sender finish: close its stdin, collect its report and exit status.
+    drop(child.stdin.take());
+    let out = wait_with_timeout(&mut child, Duration::from_secs(60))?;
+    if !out.0.success() {
+        bail!("sender exited with {}: {}", out.0, out.2);
+    }
+    let line = out.1.lines().rev().find(|l| l.starts_with('{')).unwrap_or_default().to_owned();
+    report.peer = Some(
+        serde_json::from_str(&line).with_context(|| format!("parsing the sender's report {line:?}; stderr: {}", out.2))?,
+    );
+    // Tear down: connections first (QPs), then SRQ, CQ, MRs, PD, device (Arcs enforce it too).
+    drop(conns);
+    drop(srq);
+    drop(spec);
+    drop(window_mr);
+    drop(bufs);
+    drop(cq);
+    drop(pd);
+    drop(dev);
+    Ok(report)
+}
+
+fn op_code(op: WcOpcode) -> u32 {
+    match op {
+        WcOpcode::Recv => 0x80,
+        WcOpcode::RecvRdmaWithImm => 0x81,
+        _ => 0xff,
+    }
+}
+
+/// Kills the sender and returns what it wrote (for error messages).
+fn drain(child: &mut Child) -> String {
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut s);
+    }
+    if let Some(o) = child.stdout.take() {
+        for l in BufReader::new(o).lines().map_while(Result::ok) {
+            s.push_str("\n[stdout] ");
+            s.push_str(&l);
+        }
+    }
+    s
+}
+
+fn wait_with_timeout(child: &mut Child, t: Duration) -> anyhow::Result<(std::process::ExitStatus, String, String)> {
+    let mut out = child.stdout.take().expect("piped stdout");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let ot = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let et = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + t;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("sender did not exit within {t:?} after the receiver finished");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Ok((status, ot.join().unwrap_or_default(), et.join().unwrap_or_default()))
+}
+
+/// Asserts a report shows every message verified exactly once, in order, for every connection.
+///
+/// # Panics
+/// On any shortfall, with the report.
+pub fn assert_clean(r: &RecvReport, cfg: &RecvConfig) {
+    assert_eq!(r.frame_error_count, 0, "verification failures: {:?}", r.frame_errors);
+    for tag in 0..cfg.conns {
+        assert_eq!(
+            r.received.get(&tag).copied(),
+            Some(cfg.messages),
+            "connection {tag}: messages verified (report {r:#?})"
+        );
+    }
+    let peer = r.peer.as_ref().expect("sender report");
+    for c in peer.conns.iter().filter(|c| c.tag < cfg.conns) {
+        assert!(c.errors.is_empty(), "sender errors on connection {}: {:?}", c.tag, c.errors);
+        assert_eq!(c.sent, cfg.messages, "sender completed sends on connection {}", c.tag);
+        assert_eq!(Some(&c.sent), r.received.get(&c.tag), "sent == received for connection {}", c.tag);
+    }
+    let sent_bytes: u64 = peer.conns.iter().map(|c| c.bytes).sum();
+    assert_eq!(sent_bytes, r.bytes, "bytes sent == bytes verified");
+    assert_eq!(r.reposts, r.total() + r.wc_errors.len() as u64, "every completion's buffer was reposted");
+}
+
+/// Counts of each size class the schedule must have covered.
+pub fn assert_coverage(r: &RecvReport) {
+    for c in [
+        SizeClass::One,
+        SizeClass::Tiny,
+        SizeClass::MtuMinus1,
+        SizeClass::Mtu,
+        SizeClass::MtuPlus1,
+        SizeClass::Max,
+        SizeClass::Random,
+    ] {
+        let n = r.classes.get(&format!("{c:?}")).copied().unwrap_or(0);
+        assert!(n > 0, "no message of size class {c:?} was verified: {:?}", r.classes);
+    }
+}

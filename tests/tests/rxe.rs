@@ -1,0 +1,424 @@
+//! The soft-RoCE (rxe) integration suite: real verbs, real RDMA CM, two processes.
+//!
+//! Every test here is `#[ignore]`d in a plain `cargo test` (there is no RDMA device on a build
+//! machine) and is run by `deploy/testbed.sh` with `--ignored`, which provides an rxe device and
+//! exports `GDRX_RDMA_DEV` / `GDRX_RDMA_IP`. A test told to use a device that does not exist
+//! fails.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gdrx_core::wire::{Hello, Welcome};
+use gdrx_core::{
+    Access, ConnectionSpec, Cq, Device, DeviceKind, DmabufSupport, Error, GidKind, HostMemory, Listener, MrKind,
+    PortState, RecvBatch, SendBatch, SendFlags, SendOp, Srq, SrqConfig, WcStatus, WorkCompletion,
+};
+use gdrx_tests::peer::OpKind;
+use gdrx_tests::recv::{assert_clean, assert_coverage, run_two_process, RecvConfig, RecvReport};
+use gdrx_tests::{res, udmabuf, RxeEnv};
+
+const PEER: &str = env!("CARGO_BIN_EXE_gdrx-testpeer");
+const NEEDS_RXE: &str = "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)";
+
+fn env() -> RxeEnv {
+    gdrx_tests::init_logging();
+    RxeEnv::from_env()
+}
+
+fn summary(name: &str, r: &RecvReport) {
+    println!(
+        "rxe suite [{name}] device {} (mtu {}): verified {} messages ({} connections: {:?}), {:.1} MiB in \
+         {:.1} s ({:.1} MiB/s); size classes {:?}; receive errors {}; events {}; reposts {} (largest chained \
+         post {})",
+        r.device,
+        r.mtu,
+        r.total(),
+        r.received.len(),
+        r.received,
+        r.bytes as f64 / (1 << 20) as f64,
+        r.secs,
+        r.bytes as f64 / (1 << 20) as f64 / r.secs.max(1e-9),
+        r.classes,
+        r.wc_errors.len(),
+        r.events,
+        r.reposts,
+        r.max_repost_batch,
+    );
+}
+
+#[test]
+#[ignore = "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)"]
+fn capability_report_and_roce_v2_gid() {
+    let env = env();
+    let dev = env.open();
+    let caps = dev.capabilities().expect("capability report");
+    println!("{caps}");
+    assert_eq!(caps.kind, DeviceKind::SoftRoce, "{} is not rxe", env.dev);
+    assert!(caps.max_srq_wr >= 4096, "max_srq_wr {}", caps.max_srq_wr);
+    assert!(caps.max_srq_sge >= 2, "max_srq_sge {}", caps.max_srq_sge);
+    assert!(caps.max_sge >= 2 && caps.max_qp_wr >= 1024 && caps.max_cqe >= 4096, "{caps:?}");
+    let port = &caps.ports[0];
+    assert_eq!(port.state, PortState::Active);
+    assert_eq!(port.link_layer, "Ethernet");
+    assert!(port.active_mtu.is_power_of_two() && (256..=4096).contains(&port.active_mtu), "{port:?}");
+    let gid = port.select_roce_v2_gid(Some(env.ip)).expect("a RoCE v2 GID for the device's IP");
+    assert_eq!(gid.kind, GidKind::RoceV2);
+    assert_eq!(gid.ip(), env.ip);
+    assert_eq!(port.select_roce_v2_gid(None).map(|g| g.index), Some(gid.index));
+    println!("RoCE v2 GID for {}: index {} ({})", env.ip, gid.index, gid.gid);
+    assert!(dev.require_active_port(1).is_ok());
+    assert!(gdrx_core::device_names().unwrap().contains(&env.dev));
+    match Device::open("gdrx_no_such_dev") {
+        Err(e @ Error::DeviceNotFound { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains(&env.dev), "the error lists the devices present: {msg}");
+            println!("typed error for a missing device: {msg}");
+        }
+        other => panic!("expected DeviceNotFound, got {other:?}"),
+    }
+}
+
+/// The memory behind a CPU mapping of a dma-buf; unmapped on drop.
+struct Mapping(*mut libc::c_void, usize);
+// SAFETY: an owned mapping; the pointer is only used by munmap on drop.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: we own the mapping.
+        unsafe { libc::munmap(self.0, self.1) };
+    }
+}
+
+#[test]
+#[ignore = "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)"]
+fn dmabuf_mr_on_rxe_is_typed_unsupported() {
+    let env = env();
+    let dev = env.open();
+    let pd = dev.alloc_pd().unwrap();
+    let probe = pd.probe_dmabuf();
+    println!("dma-buf probe on {}: {probe}", env.dev);
+    assert!(
+        matches!(probe, DmabufSupport::Unsupported { errno, .. } if errno == libc::EOPNOTSUPP),
+        "rxe has no dma-buf MRs, the probe must say so: {probe:?}"
+    );
+    // A real dma-buf, made from a memfd through /dev/udmabuf.
+    let size = 2 << 20;
+    let ub = udmabuf::create(size).expect(
+        "udmabuf: the testbed kernel has CONFIG_UDMABUF; on a host without it, `modprobe udmabuf`",
+    );
+    assert_eq!(udmabuf::exporter(&ub.dmabuf).as_deref(), Some("udmabuf"), "fdinfo names the exporter");
+    // SAFETY: no CPU mapping of the dma-buf exists yet; the call is expected to fail anyway.
+    let r = unsafe { pd.register_dmabuf(ub.dmabuf.as_fd(), 0, size, 0x10_0000, Access::recv(), None) };
+    match r {
+        Err(e @ Error::Unsupported { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("rxe") && msg.contains("ibv_reg_mr"), "reason and fallback named: {msg}");
+            assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP));
+            println!("typed error for ibv_reg_dmabuf_mr on rxe: {msg}");
+        }
+        other => panic!("expected Error::Unsupported, got {other:?}"),
+    }
+    // The fallback path: register the CPU mapping of the same pages with ibv_reg_mr. (The
+    // dma-buf fd's own mmap is a PFN mapping that ibv_reg_mr cannot pin: EFAULT. The memfd's
+    // mapping is the one to register.)
+    // SAFETY: mapping a memfd we own, read/write shared, no address hint.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&ub.memfd),
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED, "mmap of the udmabuf's memfd: {}", std::io::Error::last_os_error());
+    let map = Arc::new(Mapping(p, size));
+    // SAFETY: the mapping stays alive (the MR keeps the Arc) and nothing references its bytes.
+    let mr = unsafe { pd.register_raw(p.cast(), size, Access::recv(), Some(map)) }.expect("ibv_reg_mr on the CPU mapping");
+    assert_eq!(mr.kind(), MrKind::Virtual);
+    assert_eq!(mr.access(), Access::recv(), "receive MRs get LOCAL_WRITE only");
+    println!("fallback: the udmabuf's memfd mapping registered with ibv_reg_mr, lkey {:#x}", mr.lkey());
+}
+
+fn big_config(events: bool, sges: u32) -> RecvConfig {
+    RecvConfig {
+        events,
+        sges,
+        slots: 512,
+        slot_size: 65536,
+        conns: 4,
+        messages: 5000,
+        op: OpKind::SendImm,
+        oversize_after: None,
+        bad_hello: false,
+        timeout: Duration::from_secs(1200),
+    }
+}
+
+#[test]
+#[ignore = "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)"]
+fn two_processes_20k_mixed_messages_busy_poll() {
+    let env = env();
+    let cfg = big_config(false, 1);
+    let r = run_two_process(&env, &cfg, PEER.as_ref()).expect("two-process run");
+    summary("busy-poll, 1 SGE, SEND_WITH_IMM", &r);
+    assert_clean(&r, &cfg);
+    assert_coverage(&r);
+    assert!(r.wc_errors.is_empty(), "{:?}", r.wc_errors);
+    assert_eq!(r.total(), 20_000);
+    assert_eq!(r.events, 0, "busy polling reads no completion events");
+}
+
+#[test]
+#[ignore = "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)"]
+fn two_processes_20k_mixed_messages_event_mode_two_sges() {
+    let env = env();
+    let cfg = big_config(true, 2);
+    let r = run_two_process(&env, &cfg, PEER.as_ref()).expect("two-process run");
+    summary("event mode, 2 SGEs (64 B header + payload), SEND_WITH_IMM", &r);
+    assert_clean(&r, &cfg);
+    assert_coverage(&r);
+    assert!(r.wc_errors.is_empty(), "{:?}", r.wc_errors);
+    assert_eq!(r.total(), 20_000);
+    assert!(r.events > 0, "event mode slept on the completion channel at least once");
+}
+
+#[test]
+#[ignore = "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)"]
+fn oversize_message_is_a_typed_error_and_other_connections_go_on() {
+    let env = env();
+    let cfg = RecvConfig {
+        messages: 800,
+        oversize_after: Some(25),
+        bad_hello: true,
+        ..big_config(false, 1)
+    };
+    let r = run_two_process(&env, &cfg, PEER.as_ref()).expect("two-process run");
+    summary("oversize message + malformed hello", &r);
+    assert_clean(&r, &cfg);
+    let oversize_tag = cfg.conns;
+    assert_eq!(r.received.get(&oversize_tag), Some(&25), "messages before the oversize one were delivered");
+    assert_eq!(r.wc_errors.len(), 1, "exactly one receive error: {:?}", r.wc_errors);
+    let e = r.wc_errors[0];
+    // rxe completes an overflowing receive with LocalQpOperation (it treats it as a malformed
+    // WQE); hardware NICs and the IB spec use LocalLength. Both are typed and explained.
+    assert!(e.status.is_receive_overflow(), "{e}");
+    let text = Error::from(e).to_string();
+    assert!(text.contains("larger than the posted receive buffer"), "{text}");
+    println!("receive side typed error ({:?}): {text}", e.status);
+    let peer = r.peer.as_ref().unwrap();
+    let ov = peer.conns.iter().find(|c| c.tag == oversize_tag).unwrap();
+    assert_eq!(ov.oversize_rejected, Some(true), "sender saw the overflow NAK: {ov:?}");
+    println!("send side: oversize SEND completed with {}", ov.oversize_status.as_deref().unwrap_or("?"));
+    assert_eq!(ov.sent, 25);
+    assert_eq!(r.rejected.len(), 1, "the malformed hello was rejected: {:?}", r.rejected);
+    assert!(r.rejected[0].contains("malformed"), "{}", r.rejected[0]);
+    let bh = peer.bad_hello.as_deref().expect("sender tried a malformed hello");
+    assert!(bh.contains("REJECTED"), "sender got a typed rejection: {bh}");
+    println!("malformed hello: receiver said `{}`; sender saw `{bh}`", r.rejected[0]);
+}
+
+#[test]
+#[ignore = "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)"]
+fn rdma_write_with_imm_lands_in_the_advertised_window() {
+    let env = env();
+    let cfg = RecvConfig {
+        events: true,
+        slots: 128,
+        slot_size: 16384,
+        conns: 2,
+        messages: 400,
+        op: OpKind::WriteImm,
+        ..big_config(true, 1)
+    };
+    let r = run_two_process(&env, &cfg, PEER.as_ref()).expect("two-process run");
+    summary("RDMA WRITE_WITH_IMM", &r);
+    assert_clean(&r, &cfg);
+    assert_coverage(&r);
+    assert!(r.wc_errors.is_empty(), "{:?}", r.wc_errors);
+}
+
+#[test]
+#[ignore = "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)"]
+fn plain_send_without_immediate_data() {
+    let env = env();
+    let cfg = RecvConfig {
+        conns: 1,
+        messages: 1500,
+        op: OpKind::Send,
+        ..big_config(false, 1)
+    };
+    let r = run_two_process(&env, &cfg, PEER.as_ref()).expect("two-process run");
+    summary("SEND", &r);
+    assert_clean(&r, &cfg);
+    assert!(r.wc_errors.is_empty(), "{:?}", r.wc_errors);
+}
+
+#[test]
+#[ignore = "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)"]
+fn teardown_with_work_requests_posted_is_clean() {
+    let env = env();
+    let before = res::counts(&env.dev).expect("rdma resource counts");
+    let during;
+    {
+        let dev = env.open();
+        let pd = dev.alloc_pd().unwrap();
+        let rcq = Cq::with_events(&dev, 256).unwrap();
+        let srq = Srq::new(&pd, SrqConfig { max_wr: 64, max_sge: 1, limit: 0 }).unwrap();
+        let rmem = Arc::new(HostMemory::new(64 * 4096).unwrap());
+        let rmr = pd.register(Arc::clone(&rmem), Access::recv()).unwrap();
+        let mut batch = RecvBatch::with_capacity(64, 64);
+        for i in 0..16u64 {
+            batch.push(i, &[rmr.sge(i as usize * 4096, 4096).unwrap()]).unwrap();
+        }
+        // SAFETY: slots lie in `rmr`, which outlives the SRQ; nothing reads them here.
+        unsafe { srq.post_recv(&mut batch) }.unwrap();
+        let mut listener = Listener::bind(std::net::SocketAddr::new(env.ip, 0), 8).unwrap();
+        let server = listener.local_addr();
+
+        // The sending side, in this process on its own PD and CQ.
+        let spd = dev.alloc_pd().unwrap();
+        let scq = Cq::new(&dev, 256).unwrap();
+        let sspec = ConnectionSpec::new(&spd, &scq, &scq, None);
+        let client = std::thread::spawn(move || {
+            let hello = Hello { flags: 0, conn_tag: 0, max_msg: 4096 };
+            gdrx_core::connect(server, None, &sspec, &hello.encode()).expect("connect")
+        });
+        let req = listener.next_request(Some(Duration::from_secs(60))).unwrap().expect("a request");
+        let rspec = ConnectionSpec::new(&pd, &rcq, &rcq, Some(&srq));
+        let welcome = Welcome { flags: 0, recv_buf: 4096, window: None };
+        let rconn = req.accept(&rspec, &welcome.encode()).unwrap();
+        let mut sconn = client.join().unwrap();
+
+        // 64 signaled sends against 16 posted receives: 16 complete, 48 wait in RNR retry.
+        let smem = Arc::new(HostMemory::new(64 * 4096).unwrap());
+        let smr = spd.register(Arc::clone(&smem), Access::none()).unwrap();
+        let mut sb = SendBatch::with_capacity(64, 64);
+        for i in 0..64u64 {
+            sb.push(i, SendOp::SendWithImm(i as u32), &[smr.sge(i as usize * 4096, 1024).unwrap()], SendFlags::SIGNALED)
+                .unwrap();
+        }
+        // SAFETY: SGEs lie in `smr`, which lives until every completion (success or flush) is
+        // polled below.
+        unsafe { sconn.qp().post_send(&mut sb) }.expect("one chained post of 64 sends");
+        let mut wcs = WorkCompletion::buffer(64);
+        let mut received = 0;
+        let t = Instant::now();
+        while received < 16 && t.elapsed() < Duration::from_secs(60) {
+            let n = rcq.poll_blocking(&mut wcs, Some(Duration::from_millis(200))).unwrap();
+            for wc in &wcs[..n] {
+                wc.result().expect("receive ok");
+                received += 1;
+            }
+        }
+        assert_eq!(received, 16, "the 16 posted receives were consumed");
+        let mut ok = 0;
+        let t = Instant::now();
+        while ok < 16 && t.elapsed() < Duration::from_secs(60) {
+            let n = scq.poll(&mut wcs).unwrap();
+            for wc in &wcs[..n] {
+                assert!(wc.is_ok(), "before teardown only successes complete: {wc:?}");
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 16);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(scq.poll(&mut wcs).unwrap(), 0, "the other 48 sends are stuck in RNR retry");
+        during = res::counts(&env.dev).expect("rdma resource counts");
+        println!("resources while connected: {during:?}");
+
+        // Tear the sender down: its QP goes to the error state and the 48 waiting sends flush.
+        sconn.disconnect().unwrap();
+        let mut flushed = 0;
+        let mut other = 0;
+        let t = Instant::now();
+        while flushed + other < 48 && t.elapsed() < Duration::from_secs(60) {
+            let n = scq.poll(&mut wcs).unwrap();
+            for wc in &wcs[..n] {
+                if wc.status() == WcStatus::WrFlush {
+                    flushed += 1;
+                } else {
+                    other += 1;
+                }
+            }
+        }
+        println!("after disconnect: {flushed} sends flushed, {other} other completions");
+        assert_eq!(flushed + other, 48, "every outstanding send came back");
+        assert_eq!(flushed, 48, "they came back flushed");
+        // Receives that nobody will consume, left posted on the SRQ at teardown.
+        for i in 16..40u64 {
+            batch.push(i, &[rmr.sge(i as usize * 4096, 4096).unwrap()]).unwrap();
+        }
+        // SAFETY: as above.
+        unsafe { srq.post_recv(&mut batch) }.unwrap();
+        assert!(srq.query().unwrap().0 >= 64, "SRQ depth at least as created");
+        drop(sconn);
+        drop(rconn);
+        drop(rspec);
+        drop(srq); // 24 receive work requests still posted
+        drop(rmr);
+        drop(smr);
+        rcq.close().expect("event-mode CQ destroyed: all events acknowledged");
+        scq.close().expect("send CQ destroyed");
+        drop(listener);
+        drop((pd, spd, dev));
+    }
+    let after = res::counts(&env.dev).expect("rdma resource counts");
+    println!("resources before {before:?}, after teardown {after:?}");
+    for k in ["qp", "cq", "mr", "srq"] {
+        assert!(during[k] > before[k], "the leak check sees {k}s: during {during:?}");
+    }
+    assert_eq!(after, before, "nothing leaked");
+}
+
+#[test]
+#[ignore = "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)"]
+fn connection_errors_are_typed() {
+    let env = env();
+    let dev = env.open();
+    let pd = dev.alloc_pd().unwrap();
+    let cq = Cq::new(&dev, 64).unwrap();
+    let mut spec = ConnectionSpec::new(&pd, &cq, &cq, None);
+    spec.timeout = Duration::from_secs(30);
+    // Nobody listens on this port.
+    let dst = std::net::SocketAddr::new(env.ip, 1);
+    match gdrx_core::connect(dst, None, &spec, b"") {
+        Err(e @ (Error::Connection { .. } | Error::Timeout { .. })) => println!("no listener: {e}"),
+        other => panic!("expected a typed connection error, got {other:?}"),
+    }
+    // Loopback is not an RDMA address.
+    let lo = "127.0.0.1:7471".parse().unwrap();
+    match gdrx_core::connect(lo, None, &spec, b"") {
+        Err(e @ (Error::Connection { .. } | Error::Cm { .. } | Error::DeviceMismatch { .. })) => {
+            println!("loopback: {e}")
+        }
+        other => panic!("expected a typed error for 127.0.0.1, got {other:?}"),
+    }
+    // Oversized private data is refused before anything is sent.
+    let big = [0u8; 57];
+    assert!(matches!(gdrx_core::connect(dst, None, &spec, &big), Err(Error::InvalidConfig(_))));
+    // An SRQ larger than the device allows names the limit.
+    let caps = dev.capabilities().unwrap();
+    match Srq::new(&pd, SrqConfig { max_wr: caps.max_srq_wr + 1, max_sge: 1, limit: 0 }) {
+        Err(Error::InvalidConfig(m)) => assert!(m.contains("max_srq_wr"), "{m}"),
+        other => panic!("expected InvalidConfig, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_missing_device_fails_rather_than_skips() {
+    // Runs everywhere (no device needed): told to use a device that does not exist, the suite's
+    // device helper panics, failing the test that called it.
+    let env = RxeEnv {
+        dev: "gdrx_missing0".into(),
+        ip: "10.77.0.1".parse().unwrap(),
+    };
+    let r = std::panic::catch_unwind(|| env.open());
+    let msg = r.err().and_then(|p| p.downcast::<String>().ok()).expect("open() panicked");
+    assert!(msg.contains("gdrx_missing0"), "{msg}");
+    let _ = NEEDS_RXE;
+}
