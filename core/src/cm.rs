@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdma_mummy_sys::{
-    ibv_qp_attr, ibv_qp_attr_mask, ibv_qp_state, rdma_cm_event, rdma_cm_event_type as ev, rdma_cm_id,
-    rdma_conn_param, rdma_event_channel, rdma_port_space,
+    ibv_qp_attr, ibv_qp_attr_mask, ibv_qp_state, rdma_cm_event, rdma_cm_event_type as ev,
+    rdma_cm_id, rdma_conn_param, rdma_event_channel, rdma_port_space,
 };
 
 use crate::cq::Cq;
@@ -122,14 +122,15 @@ impl EventChannel {
         let raw = NonNull::new(raw).ok_or_else(|| {
             let e = io::Error::last_os_error();
             match e.raw_os_error() {
-                Some(libc::ENODEV) | Some(libc::ENOENT) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {
-                    Error::NoRdma {
-                        reason: format!("the RDMA CM is unavailable ({e})"),
-                        hint: "load rdma_ucm and an RDMA driver (/dev/infiniband/rdma_cm must \
+                Some(libc::ENODEV)
+                | Some(libc::ENOENT)
+                | Some(libc::EOPNOTSUPP)
+                | Some(libc::ENOSYS) => Error::NoRdma {
+                    reason: format!("the RDMA CM is unavailable ({e})"),
+                    hint: "load rdma_ucm and an RDMA driver (/dev/infiniband/rdma_cm must \
                                exist) and install librdmacm1, or run inside deploy/testbed.sh",
-                        source: Some(e),
-                    }
-                }
+                    source: Some(e),
+                },
                 _ => Error::Cm {
                     op: "rdma_create_event_channel",
                     addr: None,
@@ -161,10 +162,10 @@ impl EventChannel {
             // SAFETY: live channel; out-pointer valid. The fd is non-blocking.
             let ret = unsafe { rdma_mummy_sys::rdma_get_cm_event(self.raw.as_ptr(), &mut evp) };
             if ret == 0 {
-                // SAFETY: success returns a non-null event we now own (acked by CmEvent::drop).
-                return Ok(Some(CmEvent {
-                    raw: unsafe { NonNull::new_unchecked(evp) },
-                }));
+                // Success returns a non-null event we now own (acked by CmEvent::drop).
+                if let Some(raw) = NonNull::new(evp) {
+                    return Ok(Some(CmEvent { raw }));
+                }
             }
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted {
@@ -238,7 +239,10 @@ impl CmEvent {
         }
         // SAFETY: librdmacm guarantees `private_data_len` readable bytes while the event is not
         // acknowledged; we copy them out.
-        unsafe { std::slice::from_raw_parts(p.private_data.cast::<u8>(), p.private_data_len as usize) }.to_vec()
+        unsafe {
+            std::slice::from_raw_parts(p.private_data.cast::<u8>(), p.private_data_len as usize)
+        }
+        .to_vec()
     }
 }
 
@@ -258,7 +262,12 @@ impl CmId {
         let mut id: *mut rdma_cm_id = ptr::null_mut();
         // SAFETY: live channel; out-pointer valid; no user context.
         let ret = unsafe {
-            rdma_mummy_sys::rdma_create_id(ch.raw.as_ptr(), &mut id, ptr::null_mut(), rdma_port_space::RDMA_PS_TCP)
+            rdma_mummy_sys::rdma_create_id(
+                ch.raw.as_ptr(),
+                &mut id,
+                ptr::null_mut(),
+                rdma_port_space::RDMA_PS_TCP,
+            )
         };
         if ret != 0 {
             return Err(cm_err("rdma_create_id", None));
@@ -317,7 +326,9 @@ impl Drop for CmId {
 fn cm_err(op: &'static str, addr: Option<SocketAddr>) -> Error {
     let source = io::Error::last_os_error();
     let hint = match source.raw_os_error() {
-        Some(libc::EADDRINUSE) => Some("the port is in use: pick another or stop the other listener"),
+        Some(libc::EADDRINUSE) => {
+            Some("the port is in use: pick another or stop the other listener")
+        }
         Some(libc::EADDRNOTAVAIL) | Some(libc::ENODEV) => Some(
             "no RDMA device has this address: use an IP of an interface an RDMA device is bound \
              to (`rdma link show`, `ip addr`); RDMA CM does not work over `lo`",
@@ -374,7 +385,8 @@ unsafe fn from_sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match ss.ss_family as i32 {
         libc::AF_INET => {
             // SAFETY: family says sockaddr_in; storage is large and aligned enough.
-            let sin = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let sin =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             Some(SocketAddr::V4(SocketAddrV4::new(
                 Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()),
                 u16::from_be(sin.sin_port),
@@ -382,7 +394,8 @@ unsafe fn from_sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
         }
         libc::AF_INET6 => {
             // SAFETY: family says sockaddr_in6; storage is large and aligned enough.
-            let sin6 = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let sin6 =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
             Some(SocketAddr::V6(SocketAddrV6::new(
                 Ipv6Addr::from(sin6.sin6_addr.s6_addr),
                 u16::from_be(sin6.sin6_port),
@@ -448,14 +461,21 @@ fn wait_for(
     let deadline = Instant::now() + timeout;
     loop {
         let Some(e) = ch.next(Some(deadline))? else {
-            return Err(Error::Timeout { what, after: timeout });
+            return Err(Error::Timeout {
+                what,
+                after: timeout,
+            });
         };
         let kind = e.kind();
         if kind == want {
             return Ok(e);
         }
         if kind == ev::RDMA_CM_EVENT_ADDR_CHANGE || kind == ev::RDMA_CM_EVENT_TIMEWAIT_EXIT {
-            tracing::debug!(event = event_name(kind), peer, "ignoring RDMA CM event while waiting for {what}");
+            tracing::debug!(
+                event = event_name(kind),
+                peer,
+                "ignoring RDMA CM event while waiting for {what}"
+            );
             continue;
         }
         return Err(Error::Connection {
@@ -518,25 +538,60 @@ fn transition(
 }
 
 fn to_init(id: &CmId, qp: &QueuePair) -> Result<()> {
-    transition(id, qp, ibv_qp_state::IBV_QPS_INIT, "ibv_modify_qp(INIT)", |_, _| {})
+    transition(
+        id,
+        qp,
+        ibv_qp_state::IBV_QPS_INIT,
+        "ibv_modify_qp(INIT)",
+        |_, _| {},
+    )
 }
 
-fn to_rtr_rts(id: &CmId, qp: &QueuePair, spec: &ConnectionSpec, responder_resources: u8) -> Result<()> {
-    transition(id, qp, ibv_qp_state::IBV_QPS_RTR, "ibv_modify_qp(RTR)", |a, m| {
-        a.min_rnr_timer = spec.min_rnr_timer;
-        a.max_dest_rd_atomic = responder_resources;
-        *m |= (ibv_qp_attr_mask::IBV_QP_MIN_RNR_TIMER.0 | ibv_qp_attr_mask::IBV_QP_MAX_DEST_RD_ATOMIC.0) as i32;
-    })?;
-    transition(id, qp, ibv_qp_state::IBV_QPS_RTS, "ibv_modify_qp(RTS)", |a, m| {
-        a.rnr_retry = spec.rnr_retry;
-        a.retry_cnt = spec.retry_count;
-        *m |= (ibv_qp_attr_mask::IBV_QP_RNR_RETRY.0 | ibv_qp_attr_mask::IBV_QP_RETRY_CNT.0) as i32;
-    })
+fn to_rtr_rts(
+    id: &CmId,
+    qp: &QueuePair,
+    spec: &ConnectionSpec,
+    responder_resources: u8,
+) -> Result<()> {
+    transition(
+        id,
+        qp,
+        ibv_qp_state::IBV_QPS_RTR,
+        "ibv_modify_qp(RTR)",
+        |a, m| {
+            a.min_rnr_timer = spec.min_rnr_timer;
+            a.max_dest_rd_atomic = responder_resources;
+            *m |= (ibv_qp_attr_mask::IBV_QP_MIN_RNR_TIMER.0
+                | ibv_qp_attr_mask::IBV_QP_MAX_DEST_RD_ATOMIC.0) as i32;
+        },
+    )?;
+    transition(
+        id,
+        qp,
+        ibv_qp_state::IBV_QPS_RTS,
+        "ibv_modify_qp(RTS)",
+        |a, m| {
+            a.rnr_retry = spec.rnr_retry;
+            a.retry_cnt = spec.retry_count;
+            *m |= (ibv_qp_attr_mask::IBV_QP_RNR_RETRY.0 | ibv_qp_attr_mask::IBV_QP_RETRY_CNT.0)
+                as i32;
+        },
+    )
 }
 
-fn conn_param(spec: &ConnectionSpec, qp: &QueuePair, private: &[u8], resp: u8, init: u8) -> rdma_conn_param {
+fn conn_param(
+    spec: &ConnectionSpec,
+    qp: &QueuePair,
+    private: &[u8],
+    resp: u8,
+    init: u8,
+) -> rdma_conn_param {
     rdma_conn_param {
-        private_data: if private.is_empty() { ptr::null() } else { private.as_ptr().cast() },
+        private_data: if private.is_empty() {
+            ptr::null()
+        } else {
+            private.as_ptr().cast()
+        },
         private_data_len: private.len() as u8,
         responder_resources: resp,
         initiator_depth: init,
@@ -568,7 +623,9 @@ unsafe impl Sync for Listener {}
 
 impl fmt::Debug for Listener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Listener").field("addr", &self.addr).finish()
+        f.debug_struct("Listener")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -584,7 +641,12 @@ impl Listener {
         let id = CmId::new(&channel)?;
         let mut ss = to_sockaddr(&addr);
         // SAFETY: live id; ss holds a valid sockaddr of the right family.
-        let ret = unsafe { rdma_mummy_sys::rdma_bind_addr(id.ptr(), (&mut ss as *mut libc::sockaddr_storage).cast()) };
+        let ret = unsafe {
+            rdma_mummy_sys::rdma_bind_addr(
+                id.ptr(),
+                (&mut ss as *mut libc::sockaddr_storage).cast(),
+            )
+        };
         if ret != 0 {
             return Err(cm_err("rdma_bind_addr", Some(addr)));
         }
@@ -623,7 +685,11 @@ impl Listener {
                 return Ok(None);
             };
             if e.kind() != ev::RDMA_CM_EVENT_CONNECT_REQUEST {
-                tracing::warn!(event = event_name(e.kind()), status = e.status(), "listener: unexpected RDMA CM event");
+                tracing::warn!(
+                    event = event_name(e.kind()),
+                    status = e.status(),
+                    "listener: unexpected RDMA CM event"
+                );
                 if e.kind() == ev::RDMA_CM_EVENT_DEVICE_REMOVAL {
                     return Err(Error::Connection {
                         peer: self.addr.to_string(),
@@ -637,10 +703,11 @@ impl Listener {
             }
             let param = e.conn_param();
             let private = e.private_data();
-            // SAFETY: a CONNECT_REQUEST event carries a new, non-null id that we now own.
-            let id = CmId {
-                raw: unsafe { NonNull::new_unchecked(e.id()) },
+            // A CONNECT_REQUEST event carries a new id that we now own.
+            let Some(raw) = NonNull::new(e.id()) else {
+                continue;
             };
+            let id = CmId { raw };
             drop(e); // ack before migrating: rdma_migrate_id waits for acknowledged events
             let channel = EventChannel::new()?;
             // SAFETY: live id and channel.
@@ -725,7 +792,13 @@ impl ConnectRequest {
             let _ = self.reject(b"");
             return Err(e);
         }
-        let qp = QueuePair::new_rc(&spec.pd, &spec.send_cq, &spec.recv_cq, spec.srq.as_ref(), spec.qp)?;
+        let qp = QueuePair::new_rc(
+            &spec.pd,
+            &spec.send_cq,
+            &spec.recv_cq,
+            spec.srq.as_ref(),
+            spec.qp,
+        )?;
         let ours = spec.rd_atomic();
         let resp = self.initiator_depth.min(ours);
         let init = self.responder_resources.min(ours);
@@ -737,7 +810,13 @@ impl ConnectRequest {
         if ret != 0 {
             return Err(cm_err("rdma_accept", self.peer));
         }
-        wait_for(&self.channel, ev::RDMA_CM_EVENT_ESTABLISHED, "ESTABLISHED after accept", &peer, spec.timeout)?;
+        wait_for(
+            &self.channel,
+            ev::RDMA_CM_EVENT_ESTABLISHED,
+            "ESTABLISHED after accept",
+            &peer,
+            spec.timeout,
+        )?;
         Ok(Connection {
             qp,
             id: self.id,
@@ -755,9 +834,14 @@ impl ConnectRequest {
     /// fails.
     pub fn reject(self, private_data: &[u8]) -> Result<()> {
         check_private_len(private_data.len(), MAX_REJECT_PRIVATE_DATA, "reject")?;
-        let p = if private_data.is_empty() { ptr::null() } else { private_data.as_ptr().cast() };
+        let p = if private_data.is_empty() {
+            ptr::null()
+        } else {
+            private_data.as_ptr().cast()
+        };
         // SAFETY: live id; the private data outlives the call.
-        let ret = unsafe { rdma_mummy_sys::rdma_reject(self.id.ptr(), p, private_data.len() as u8) };
+        let ret =
+            unsafe { rdma_mummy_sys::rdma_reject(self.id.ptr(), p, private_data.len() as u8) };
         if ret != 0 {
             return Err(cm_err("rdma_reject", self.peer));
         }
@@ -773,7 +857,12 @@ impl ConnectRequest {
 /// [`Error::Cm`] / [`Error::Connection`] with a hint when the address, route or peer cannot be
 /// reached or the peer rejects; [`Error::DeviceMismatch`] when the route leaves through another
 /// device than `spec.pd`'s; [`Error::Timeout`].
-pub fn connect(dst: SocketAddr, src: Option<IpAddr>, spec: &ConnectionSpec, private_data: &[u8]) -> Result<Connection> {
+pub fn connect(
+    dst: SocketAddr,
+    src: Option<IpAddr>,
+    spec: &ConnectionSpec,
+    private_data: &[u8],
+) -> Result<Connection> {
     spec.validate()?;
     check_private_len(private_data.len(), MAX_CONNECT_PRIVATE_DATA, "connect")?;
     let peer = dst.to_string();
@@ -782,25 +871,48 @@ pub fn connect(dst: SocketAddr, src: Option<IpAddr>, spec: &ConnectionSpec, priv
     let ms = spec.timeout.as_millis().min(i32::MAX as u128) as i32;
     let mut dss = to_sockaddr(&dst);
     let mut sss = src.map(|ip| to_sockaddr(&SocketAddr::new(ip, 0)));
-    let sp = sss
-        .as_mut()
-        .map_or(ptr::null_mut(), |s| (s as *mut libc::sockaddr_storage).cast());
+    let sp = sss.as_mut().map_or(ptr::null_mut(), |s| {
+        (s as *mut libc::sockaddr_storage).cast()
+    });
     // SAFETY: live id; sockaddrs valid for the call.
     let ret = unsafe {
-        rdma_mummy_sys::rdma_resolve_addr(id.ptr(), sp, (&mut dss as *mut libc::sockaddr_storage).cast(), ms)
+        rdma_mummy_sys::rdma_resolve_addr(
+            id.ptr(),
+            sp,
+            (&mut dss as *mut libc::sockaddr_storage).cast(),
+            ms,
+        )
     };
     if ret != 0 {
         return Err(cm_err("rdma_resolve_addr", Some(dst)));
     }
-    drop(wait_for(&channel, ev::RDMA_CM_EVENT_ADDR_RESOLVED, "address resolution", &peer, spec.timeout)?);
+    drop(wait_for(
+        &channel,
+        ev::RDMA_CM_EVENT_ADDR_RESOLVED,
+        "address resolution",
+        &peer,
+        spec.timeout,
+    )?);
     // SAFETY: live id with a resolved address.
     let ret = unsafe { rdma_mummy_sys::rdma_resolve_route(id.ptr(), ms) };
     if ret != 0 {
         return Err(cm_err("rdma_resolve_route", Some(dst)));
     }
-    drop(wait_for(&channel, ev::RDMA_CM_EVENT_ROUTE_RESOLVED, "route resolution", &peer, spec.timeout)?);
+    drop(wait_for(
+        &channel,
+        ev::RDMA_CM_EVENT_ROUTE_RESOLVED,
+        "route resolution",
+        &peer,
+        spec.timeout,
+    )?);
     check_device(&id, spec, &peer)?;
-    let qp = QueuePair::new_rc(&spec.pd, &spec.send_cq, &spec.recv_cq, spec.srq.as_ref(), spec.qp)?;
+    let qp = QueuePair::new_rc(
+        &spec.pd,
+        &spec.send_cq,
+        &spec.recv_cq,
+        spec.srq.as_ref(),
+        spec.qp,
+    )?;
     to_init(&id, &qp)?;
     let rd = spec.rd_atomic();
     let mut p = conn_param(spec, &qp, private_data, rd, rd);
@@ -809,7 +921,13 @@ pub fn connect(dst: SocketAddr, src: Option<IpAddr>, spec: &ConnectionSpec, priv
     if ret != 0 {
         return Err(cm_err("rdma_connect", Some(dst)));
     }
-    let resp = wait_for(&channel, ev::RDMA_CM_EVENT_CONNECT_RESPONSE, "connect response", &peer, spec.timeout)?;
+    let resp = wait_for(
+        &channel,
+        ev::RDMA_CM_EVENT_CONNECT_RESPONSE,
+        "connect response",
+        &peer,
+        spec.timeout,
+    )?;
     let peer_private = resp.private_data();
     let peer_param = resp.conn_param();
     drop(resp);
@@ -995,8 +1113,12 @@ mod tests {
     #[test]
     fn event_names_and_hints() {
         assert_eq!(event_name(ev::RDMA_CM_EVENT_REJECTED), "REJECTED");
-        assert!(event_hint(ev::RDMA_CM_EVENT_REJECTED, 8).unwrap().contains("nothing listens"));
-        assert!(event_hint(ev::RDMA_CM_EVENT_ADDR_ERROR, -19).unwrap().contains("lo"));
+        assert!(event_hint(ev::RDMA_CM_EVENT_REJECTED, 8)
+            .unwrap()
+            .contains("nothing listens"));
+        assert!(event_hint(ev::RDMA_CM_EVENT_ADDR_ERROR, -19)
+            .unwrap()
+            .contains("lo"));
         assert!(event_hint(ev::RDMA_CM_EVENT_ESTABLISHED, 0).is_none());
     }
 

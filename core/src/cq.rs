@@ -74,7 +74,9 @@ impl WorkCompletion {
     pub fn imm(&self) -> Option<u32> {
         if self.0.wc_flags & ibv_wc_flags::IBV_WC_WITH_IMM.0 != 0 {
             // SAFETY: with IBV_WC_WITH_IMM set, the union holds imm_data (network order).
-            Some(u32::from_be(unsafe { self.0.imm_data_invalidated_rkey_union.imm_data }))
+            Some(u32::from_be(unsafe {
+                self.0.imm_data_invalidated_rkey_union.imm_data
+            }))
         } else {
             None
         }
@@ -138,8 +140,8 @@ impl CompChannel {
     fn new(device: &Arc<Device>) -> Result<CompChannel> {
         // SAFETY: the context is alive (we hold the device).
         let raw = unsafe { rdma_mummy_sys::ibv_create_comp_channel(device.raw_context()) };
-        let raw =
-            NonNull::new(raw).ok_or_else(|| Error::last_verb("ibv_create_comp_channel", device.name()))?;
+        let raw = NonNull::new(raw)
+            .ok_or_else(|| Error::last_verb("ibv_create_comp_channel", device.name()))?;
         let ch = CompChannel {
             raw,
             device: Arc::clone(device),
@@ -167,7 +169,11 @@ impl Drop for CompChannel {
         // SAFETY: the CQ that used this channel has been destroyed (Cq::drop runs first).
         let ret = unsafe { rdma_mummy_sys::ibv_destroy_comp_channel(self.raw.as_ptr()) };
         if ret != 0 {
-            tracing::error!(device = self.device.name(), ret, "ibv_destroy_comp_channel failed");
+            tracing::error!(
+                device = self.device.name(),
+                ret,
+                "ibv_destroy_comp_channel failed"
+            );
         }
     }
 }
@@ -229,13 +235,24 @@ impl Cq {
                 device.name()
             )));
         }
-        let channel = if events { Some(CompChannel::new(device)?) } else { None };
+        let channel = if events {
+            Some(CompChannel::new(device)?)
+        } else {
+            None
+        };
         let ch_ptr = channel.as_ref().map_or(ptr::null_mut(), |c| c.raw.as_ptr());
         // SAFETY: context and channel are alive; cq_context is unused (null).
         let raw = unsafe {
-            rdma_mummy_sys::ibv_create_cq(device.raw_context(), cqe as i32, ptr::null_mut(), ch_ptr, 0)
+            rdma_mummy_sys::ibv_create_cq(
+                device.raw_context(),
+                cqe as i32,
+                ptr::null_mut(),
+                ch_ptr,
+                0,
+            )
         };
-        let raw = NonNull::new(raw).ok_or_else(|| Error::last_verb("ibv_create_cq", device.name()))?;
+        let raw =
+            NonNull::new(raw).ok_or_else(|| Error::last_verb("ibv_create_cq", device.name()))?;
         // SAFETY: raw is live; cqe is a plain field.
         let actual = unsafe { raw.as_ref().cqe }.max(0) as u32;
         Ok(Arc::new(Cq {
@@ -307,7 +324,11 @@ impl Cq {
         // SAFETY: the CQ is alive.
         let ret = unsafe { rdma_mummy_sys::ibv_req_notify_cq(self.raw(), 0) };
         if ret != 0 {
-            return Err(Error::verb_ret("ibv_req_notify_cq", self.device.name(), ret));
+            return Err(Error::verb_ret(
+                "ibv_req_notify_cq",
+                self.device.name(),
+                ret,
+            ));
         }
         Ok(())
     }
@@ -332,7 +353,11 @@ impl Cq {
             }
             return Err(Error::verb("ibv_get_cq_event", self.device.name(), err));
         }
-        debug_assert_eq!(cq, self.raw(), "event for a foreign CQ on an exclusive channel");
+        debug_assert_eq!(
+            cq,
+            self.raw(),
+            "event for a foreign CQ on an exclusive channel"
+        );
         self.events.fetch_add(1, Ordering::Relaxed);
         if self.unacked.fetch_add(1, Ordering::AcqRel) + 1 >= ACK_BATCH {
             self.ack_events();
@@ -391,7 +416,11 @@ impl Cq {
     ///
     /// # Errors
     /// As [`Cq::poll`], [`Cq::arm`] and [`Cq::wait_event`].
-    pub fn poll_blocking(&self, wcs: &mut [WorkCompletion], timeout: Option<Duration>) -> Result<usize> {
+    pub fn poll_blocking(
+        &self,
+        wcs: &mut [WorkCompletion],
+        timeout: Option<Duration>,
+    ) -> Result<usize> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let n = self.poll(wcs)?;

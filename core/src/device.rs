@@ -156,7 +156,10 @@ impl Device {
         }
     }
 
-    fn open_listed(dev: &sideway::ibverbs::device::Device<'_>, name: String) -> Result<Arc<Device>> {
+    fn open_listed(
+        dev: &sideway::ibverbs::device::Device<'_>,
+        name: String,
+    ) -> Result<Arc<Device>> {
         let ctx = dev.open().map_err(|e| {
             let io = match e.0 {
                 sideway::ibverbs::device::OpenDeviceErrorKind::Ibverbs(io) => io,
@@ -520,7 +523,12 @@ impl fmt::Display for Capabilities {
             writeln!(
                 f,
                 "  port {}: {}  link {}  active_mtu {}  max_mtu {}  gid_tbl_len {}",
-                p.port, p.state.name(), p.link_layer, p.active_mtu, p.max_mtu, p.gid_table_len
+                p.port,
+                p.state.name(),
+                p.link_layer,
+                p.active_mtu,
+                p.max_mtu,
+                p.gid_table_len
             )?;
             let chosen = p.select_roce_v2_gid(None).map(|g| g.index);
             for g in &p.gids {
@@ -530,8 +538,15 @@ impl fmt::Display for Capabilities {
                     g.index,
                     g.gid,
                     g.kind,
-                    g.netdev.as_deref().map(|n| format!(" dev {n}")).unwrap_or_default(),
-                    if chosen == Some(g.index) { "  <- RoCE v2 default" } else { "" }
+                    g.netdev
+                        .as_deref()
+                        .map(|n| format!(" dev {n}"))
+                        .unwrap_or_default(),
+                    if chosen == Some(g.index) {
+                        "  <- RoCE v2 default"
+                    } else {
+                        ""
+                    }
                 )?;
             }
         }

@@ -260,7 +260,9 @@ impl Error {
     pub(crate) fn verb_ret(verb: &'static str, device: &str, ret: i32) -> Error {
         // Some providers return -errno, some +errno, some -1 with errno set.
         let errno = if ret == -1 {
-            io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+            io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO)
         } else {
             ret.abs()
         };
@@ -496,7 +498,10 @@ impl WcStatus {
     /// True for the statuses a sender sees when its SEND did not fit the receiver's buffer:
     /// `RemoteInvalidRequest` (hardware) or `RemoteOperation` (soft-RoCE).
     pub fn is_send_overflow(self) -> bool {
-        matches!(self, WcStatus::RemoteInvalidRequest | WcStatus::RemoteOperation)
+        matches!(
+            self,
+            WcStatus::RemoteInvalidRequest | WcStatus::RemoteOperation
+        )
     }
 
     /// What the status usually means for a receive path, and what to do.
@@ -640,7 +645,10 @@ mod tests {
         );
         assert!(!e.is_unsupported());
         let msg = e.to_string();
-        assert!(msg.contains("ibv_create_srq") && msg.contains("rxe0") && msg.contains("capability"), "{msg}");
+        assert!(
+            msg.contains("ibv_create_srq") && msg.contains("rxe0") && msg.contains("capability"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -662,7 +670,10 @@ mod tests {
         };
         assert_eq!(e.status, WcStatus::LocalLength);
         let s = e.to_string();
-        assert!(s.contains("local length error") && s.contains("larger than the posted"), "{s}");
+        assert!(
+            s.contains("local length error") && s.contains("larger than the posted"),
+            "{s}"
+        );
         assert_eq!(WcStatus::from_raw(9999), WcStatus::Unknown(9999));
     }
 

@@ -81,7 +81,9 @@ pub mod wr;
 
 pub use cm::{connect, ConnEvent, ConnectRequest, Connection, ConnectionSpec, Listener};
 pub use cq::{Cq, WorkCompletion};
-pub use device::{device_names, Capabilities, Device, DeviceKind, GidInfo, GidKind, PortInfo, PortState};
+pub use device::{
+    device_names, Capabilities, Device, DeviceKind, GidInfo, GidKind, PortInfo, PortState,
+};
 pub use error::{Error, MemlockLimit, PostError, Result, WcError, WcOpcode, WcStatus};
 pub use mem::{page_size, HostMemory};
 pub use mr::{Access, Mr, MrKind};

@@ -104,7 +104,10 @@ impl HostMemory {
     /// # Panics
     /// When the range is outside the mapping.
     pub unsafe fn slice(&self, offset: usize, len: usize) -> &[u8] {
-        assert!(offset.checked_add(len).is_some_and(|e| e <= self.len), "range out of bounds");
+        assert!(
+            offset.checked_add(len).is_some_and(|e| e <= self.len),
+            "range out of bounds"
+        );
         // SAFETY: in bounds (checked above); the caller guarantees no concurrent writer.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset), len) }
     }
@@ -119,7 +122,10 @@ impl HostMemory {
     /// When the range is outside the mapping.
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn slice_mut(&self, offset: usize, len: usize) -> &mut [u8] {
-        assert!(offset.checked_add(len).is_some_and(|e| e <= self.len), "range out of bounds");
+        assert!(
+            offset.checked_add(len).is_some_and(|e| e <= self.len),
+            "range out of bounds"
+        );
         // SAFETY: in bounds (checked above); the caller guarantees exclusivity.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(offset), len) }
     }

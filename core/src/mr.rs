@@ -223,7 +223,6 @@ impl Mr {
             lkey: self.lkey,
         })
     }
-
 }
 
 #[cfg(test)]

@@ -32,7 +32,9 @@ pub struct Pd {
 
 impl fmt::Debug for Pd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Pd").field("device", &self.device.name()).finish()
+        f.debug_struct("Pd")
+            .field("device", &self.device.name())
+            .finish()
     }
 }
 

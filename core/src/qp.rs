@@ -174,7 +174,10 @@ impl QueuePair {
         let (max_recv_wr, max_recv_sge) = if srq.is_some() {
             (0, 0)
         } else {
-            if cfg.max_recv_wr == 0 || cfg.max_recv_wr > lim.max_qp_wr || cfg.max_recv_sge > lim.max_sge {
+            if cfg.max_recv_wr == 0
+                || cfg.max_recv_wr > lim.max_qp_wr
+                || cfg.max_recv_sge > lim.max_sge
+            {
                 return Err(Error::InvalidConfig(format!(
                     "receive queue {} x {} SGEs: `{}` allows depth 1..={}, SGEs 1..={}",
                     cfg.max_recv_wr,
@@ -258,7 +261,12 @@ impl QueuePair {
     /// # Safety
     /// `attr` must be a fully initialized attribute set valid for `mask` (as returned by
     /// `rdma_init_qp_attr`, possibly adjusted).
-    pub(crate) unsafe fn modify(&self, attr: &mut ibv_qp_attr, mask: i32, what: &'static str) -> Result<()> {
+    pub(crate) unsafe fn modify(
+        &self,
+        attr: &mut ibv_qp_attr,
+        mask: i32,
+        what: &'static str,
+    ) -> Result<()> {
         // SAFETY: the QP is alive; attr validity is the caller's obligation.
         let ret = unsafe { rdma_mummy_sys::ibv_modify_qp(self.raw.as_ptr(), attr, mask) };
         if ret != 0 {
@@ -278,7 +286,11 @@ impl QueuePair {
         attr.qp_state = ibv_qp_state::IBV_QPS_ERR;
         // SAFETY: only the state is set, and the mask names only the state.
         unsafe {
-            self.modify(&mut attr, ibv_qp_attr_mask::IBV_QP_STATE.0 as i32, "ibv_modify_qp(ERR)")
+            self.modify(
+                &mut attr,
+                ibv_qp_attr_mask::IBV_QP_STATE.0 as i32,
+                "ibv_modify_qp(ERR)",
+            )
         }
     }
 
@@ -301,7 +313,11 @@ impl QueuePair {
             )
         };
         if ret != 0 {
-            return Err(Error::verb_ret("ibv_query_qp", self.pd.device().name(), ret));
+            return Err(Error::verb_ret(
+                "ibv_query_qp",
+                self.pd.device().name(),
+                ret,
+            ));
         }
         Ok(QpState::from_raw(attr.qp_state))
     }

@@ -106,7 +106,8 @@ impl Srq {
         };
         // SAFETY: the PD is alive; `init` is a valid attribute struct the provider may update.
         let raw = unsafe { rdma_mummy_sys::ibv_create_srq(pd.raw(), &mut init) };
-        let raw = NonNull::new(raw).ok_or_else(|| Error::last_verb("ibv_create_srq", dev.name()))?;
+        let raw =
+            NonNull::new(raw).ok_or_else(|| Error::last_verb("ibv_create_srq", dev.name()))?;
         Ok(Arc::new(Srq {
             raw,
             pd: Arc::clone(pd),
@@ -183,10 +184,18 @@ impl Srq {
         };
         // SAFETY: the SRQ is alive; attr is valid for the call.
         let ret = unsafe {
-            rdma_mummy_sys::ibv_modify_srq(self.raw(), &mut attr, ibv_srq_attr_mask::IBV_SRQ_LIMIT.0 as i32)
+            rdma_mummy_sys::ibv_modify_srq(
+                self.raw(),
+                &mut attr,
+                ibv_srq_attr_mask::IBV_SRQ_LIMIT.0 as i32,
+            )
         };
         if ret != 0 {
-            return Err(Error::verb_ret("ibv_modify_srq", self.pd.device().name(), ret));
+            return Err(Error::verb_ret(
+                "ibv_modify_srq",
+                self.pd.device().name(),
+                ret,
+            ));
         }
         Ok(())
     }
@@ -204,7 +213,11 @@ impl Srq {
         // SAFETY: the SRQ is alive; attr is valid for the call.
         let ret = unsafe { rdma_mummy_sys::ibv_query_srq(self.raw(), &mut attr) };
         if ret != 0 {
-            return Err(Error::verb_ret("ibv_query_srq", self.pd.device().name(), ret));
+            return Err(Error::verb_ret(
+                "ibv_query_srq",
+                self.pd.device().name(),
+                ret,
+            ));
         }
         Ok((attr.max_wr, attr.max_sge, attr.srq_limit))
     }

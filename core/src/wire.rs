@@ -18,6 +18,10 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"GDRX");
 /// The protocol version this build speaks.
 pub const VERSION: u8 = 1;
 
+// Both messages fit in what RDMA CM carries.
+const _: () = assert!(Hello::LEN <= crate::cm::MAX_CONNECT_PRIVATE_DATA);
+const _: () = assert!(Welcome::LEN <= crate::cm::MAX_ACCEPT_PRIVATE_DATA);
+
 const KIND_HELLO: u8 = 1;
 const KIND_WELCOME: u8 = 2;
 
@@ -61,14 +65,20 @@ impl WireError {
 
 fn header(buf: &[u8], need: usize, kind: u8) -> Result<u16, WireError> {
     if buf.len() < need {
-        return Err(WireError::TooShort { need, got: buf.len() });
+        return Err(WireError::TooShort {
+            need,
+            got: buf.len(),
+        });
     }
     let magic = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes"));
     if magic != MAGIC {
         return Err(WireError::BadMagic(magic));
     }
     if buf[5] != kind {
-        return Err(WireError::WrongKind { got: buf[5], want: kind });
+        return Err(WireError::WrongKind {
+            got: buf[5],
+            want: kind,
+        });
     }
     if buf[4] != VERSION {
         return Err(WireError::Version(buf[4]));
@@ -200,7 +210,6 @@ mod tests {
         let mut padded = [0u8; 56];
         padded[..Hello::LEN].copy_from_slice(&h.encode());
         assert_eq!(Hello::decode(&padded), Ok(h));
-        assert!(Hello::LEN <= crate::cm::MAX_CONNECT_PRIVATE_DATA);
     }
 
     #[test]
@@ -219,7 +228,6 @@ mod tests {
         assert_eq!(Welcome::decode(&padded), Ok(w));
         let n = Welcome { window: None, ..w };
         assert_eq!(Welcome::decode(&n.encode()), Ok(n));
-        assert!(Welcome::LEN <= crate::cm::MAX_ACCEPT_PRIVATE_DATA);
     }
 
     #[test]
@@ -230,7 +238,10 @@ mod tests {
             max_msg: 0,
         }
         .encode();
-        assert_eq!(Hello::decode(&h[..10]), Err(WireError::TooShort { need: 16, got: 10 }));
+        assert_eq!(
+            Hello::decode(&h[..10]),
+            Err(WireError::TooShort { need: 16, got: 10 })
+        );
         assert_eq!(Hello::decode(&[0u8; 56]), Err(WireError::BadMagic(0)));
         let mut v = h;
         v[4] = 9;

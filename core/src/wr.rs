@@ -9,8 +9,8 @@ use std::fmt;
 use std::ptr;
 
 use rdma_mummy_sys::{
-    ibv_recv_wr, ibv_send_flags, ibv_send_wr, ibv_sge, ibv_wr_opcode, imm_data_invalidated_rkey_union_t,
-    qp_type_t, rdma_t, wr_t, xrc_t,
+    ibv_recv_wr, ibv_send_flags, ibv_send_wr, ibv_sge, ibv_wr_opcode,
+    imm_data_invalidated_rkey_union_t, qp_type_t, rdma_t, wr_t, xrc_t,
 };
 
 /// One scatter/gather entry: `length` bytes at `addr`, in the MR with local key `lkey`.
@@ -175,7 +175,8 @@ impl RecvBatch {
         let sge_base = self.sges.as_ptr() as usize;
         let wr_base = self.wrs.as_ptr() as usize;
         for wr in &mut self.wrs {
-            wr.sg_list = ((wr.sg_list as usize - sge_base) / std::mem::size_of::<Sge>()) as *mut ibv_sge;
+            wr.sg_list =
+                ((wr.sg_list as usize - sge_base) / std::mem::size_of::<Sge>()) as *mut ibv_sge;
             wr.next = ptr::null_mut();
         }
         if bad.is_null() {
@@ -270,7 +271,13 @@ impl SendBatch {
     ///
     /// # Errors
     /// [`BatchFull`] when the batch has no room for it.
-    pub fn push(&mut self, wr_id: u64, op: SendOp, sges: &[Sge], flags: SendFlags) -> Result<(), BatchFull> {
+    pub fn push(
+        &mut self,
+        wr_id: u64,
+        op: SendOp,
+        sges: &[Sge],
+        flags: SendFlags,
+    ) -> Result<(), BatchFull> {
         if self.wrs.len() == self.wr_cap || self.sges.len() + sges.len() > self.sge_cap {
             return Err(BatchFull {
                 wrs: self.wr_cap,
@@ -282,9 +289,11 @@ impl SendBatch {
         let (opcode, imm, remote) = match op {
             SendOp::Send => (ibv_wr_opcode::IBV_WR_SEND, 0, None),
             SendOp::SendWithImm(imm) => (ibv_wr_opcode::IBV_WR_SEND_WITH_IMM, imm, None),
-            SendOp::RdmaWrite { remote_addr, rkey } => {
-                (ibv_wr_opcode::IBV_WR_RDMA_WRITE, 0, Some((remote_addr, rkey)))
-            }
+            SendOp::RdmaWrite { remote_addr, rkey } => (
+                ibv_wr_opcode::IBV_WR_RDMA_WRITE,
+                0,
+                Some((remote_addr, rkey)),
+            ),
             SendOp::RdmaWriteWithImm {
                 remote_addr,
                 rkey,
@@ -314,7 +323,9 @@ impl SendBatch {
         wr.num_sge = sges.len() as i32;
         wr.opcode = opcode;
         wr.send_flags = send_flags;
-        wr.imm_data_invalidated_rkey_union = imm_data_invalidated_rkey_union_t { imm_data: imm.to_be() };
+        wr.imm_data_invalidated_rkey_union = imm_data_invalidated_rkey_union_t {
+            imm_data: imm.to_be(),
+        };
         wr.wr = wr_t {
             rdma: rdma_t { remote_addr, rkey },
         };
@@ -380,7 +391,8 @@ impl SendBatch {
         let sge_base = self.sges.as_ptr() as usize;
         let wr_base = self.wrs.as_ptr() as usize;
         for wr in &mut self.wrs {
-            wr.sg_list = ((wr.sg_list as usize - sge_base) / std::mem::size_of::<Sge>()) as *mut ibv_sge;
+            wr.sg_list =
+                ((wr.sg_list as usize - sge_base) / std::mem::size_of::<Sge>()) as *mut ibv_sge;
             wr.next = ptr::null_mut();
         }
         if bad.is_null() {
@@ -455,7 +467,13 @@ mod tests {
     #[test]
     fn send_batch_encodes_ops() {
         let mut b = SendBatch::with_capacity(3, 3);
-        b.push(1, SendOp::SendWithImm(0x01020304), &[sge(0)], SendFlags::SIGNALED).unwrap();
+        b.push(
+            1,
+            SendOp::SendWithImm(0x01020304),
+            &[sge(0)],
+            SendFlags::SIGNALED,
+        )
+        .unwrap();
         b.push(
             2,
             SendOp::RdmaWriteWithImm {
@@ -467,13 +485,25 @@ mod tests {
             SendFlags::default(),
         )
         .unwrap();
-        b.push(3, SendOp::Send, &[sge(16)], SendFlags { inline: true, ..Default::default() }).unwrap();
+        b.push(
+            3,
+            SendOp::Send,
+            &[sge(16)],
+            SendFlags {
+                inline: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let head = b.chain();
         // SAFETY: chain just built; batch unmodified.
         unsafe {
             let w0 = &*head;
             assert_eq!(w0.opcode, ibv_wr_opcode::IBV_WR_SEND_WITH_IMM);
-            assert_eq!(u32::from_be(w0.imm_data_invalidated_rkey_union.imm_data), 0x01020304);
+            assert_eq!(
+                u32::from_be(w0.imm_data_invalidated_rkey_union.imm_data),
+                0x01020304
+            );
             assert_eq!(w0.send_flags, ibv_send_flags::IBV_SEND_SIGNALED.0);
             let w1 = &*w0.next;
             assert_eq!(w1.opcode, ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM);

@@ -46,7 +46,10 @@ impl RxeEnv {
     pub fn open(&self) -> Arc<Device> {
         match Device::open(&self.dev) {
             Ok(d) => d,
-            Err(e) => panic!("the rxe suite was told to use `{}` but cannot open it: {e}", self.dev),
+            Err(e) => panic!(
+                "the rxe suite was told to use `{}` but cannot open it: {e}",
+                self.dev
+            ),
         }
     }
 }

@@ -80,7 +80,12 @@ pub fn fill(buf: &mut [u8], conn: u32, seq: u32) {
             chunk.copy_from_slice(&bytes[..chunk.len()]);
         }
     }
-    let body_crc = crc(conn, seq, len as u32, if len > HEADER { &buf[HEADER..] } else { &[] });
+    let body_crc = crc(
+        conn,
+        seq,
+        len as u32,
+        if len > HEADER { &buf[HEADER..] } else { &[] },
+    );
     let mut head = [0u8; HEADER];
     head[0..4].copy_from_slice(&seq.to_le_bytes());
     head[4..8].copy_from_slice(&body_crc.to_le_bytes());
@@ -128,7 +133,10 @@ impl fmt::Display for FrameError {
             FrameError::Imm { want, got } => write!(f, "immediate {got:?}, expected {want}"),
             FrameError::Seq { want, got } => write!(f, "sequence {got}, expected {want}"),
             FrameError::Checksum { header, computed } => {
-                write!(f, "checksum {computed:#010x} over the body, header says {header:#010x}")
+                write!(
+                    f,
+                    "checksum {computed:#010x} over the body, header says {header:#010x}"
+                )
             }
         }
     }
@@ -138,7 +146,14 @@ impl std::error::Error for FrameError {}
 
 /// Verifies a received message against (`conn`, the expected `seq`, the expected length).
 /// `imm` is the completion's immediate data, checked when `expect_imm`.
-pub fn verify(payload: &[u8], conn: u32, seq: u32, want_len: u32, imm: Option<u32>, expect_imm: bool) -> Result<(), FrameError> {
+pub fn verify(
+    payload: &[u8],
+    conn: u32,
+    seq: u32,
+    want_len: u32,
+    imm: Option<u32>,
+    expect_imm: bool,
+) -> Result<(), FrameError> {
     if payload.len() as u32 != want_len {
         return Err(FrameError::Length {
             want: want_len,
@@ -146,10 +161,17 @@ pub fn verify(payload: &[u8], conn: u32, seq: u32, want_len: u32, imm: Option<u3
         });
     }
     if expect_imm && imm != Some(seq) {
-        return Err(FrameError::Imm { want: seq, got: imm });
+        return Err(FrameError::Imm {
+            want: seq,
+            got: imm,
+        });
     }
     let len = payload.len();
-    let body: &[u8] = if len > HEADER { &payload[HEADER..] } else { &[] };
+    let body: &[u8] = if len > HEADER {
+        &payload[HEADER..]
+    } else {
+        &[]
+    };
     let computed = crc(conn, seq, len as u32, body);
     let mut expect_head = [0u8; HEADER];
     expect_head[0..4].copy_from_slice(&seq.to_le_bytes());
@@ -204,10 +226,16 @@ mod tests {
 
     #[test]
     fn roundtrip_at_every_edge_size() {
-        for len in [1usize, 2, 3, 4, 5, 7, 8, 9, 1023, 1024, 1025, 4095, 4096, 4097, 65536] {
+        for len in [
+            1usize, 2, 3, 4, 5, 7, 8, 9, 1023, 1024, 1025, 4095, 4096, 4097, 65536,
+        ] {
             let mut b = vec![0u8; len];
             fill(&mut b, 2, 1234);
-            assert_eq!(verify(&b, 2, 1234, len as u32, Some(1234), true), Ok(()), "len {len}");
+            assert_eq!(
+                verify(&b, 2, 1234, len as u32, Some(1234), true),
+                Ok(()),
+                "len {len}"
+            );
         }
     }
 
@@ -216,24 +244,45 @@ mod tests {
         let mut b = vec![0u8; 5000];
         fill(&mut b, 1, 10);
         // Wrong expected seq (a lost or duplicated message).
-        assert!(matches!(verify(&b, 1, 11, 5000, None, false), Err(FrameError::Seq { want: 11, got: 10 })));
+        assert!(matches!(
+            verify(&b, 1, 11, 5000, None, false),
+            Err(FrameError::Seq { want: 11, got: 10 })
+        ));
         // Wrong connection.
-        assert!(matches!(verify(&b, 2, 10, 5000, None, false), Err(FrameError::Checksum { .. })));
+        assert!(matches!(
+            verify(&b, 2, 10, 5000, None, false),
+            Err(FrameError::Checksum { .. })
+        ));
         // One flipped bit in the body.
         let mut c = b.clone();
         c[4321] ^= 0x10;
-        assert!(matches!(verify(&c, 1, 10, 5000, None, false), Err(FrameError::Checksum { .. })));
+        assert!(matches!(
+            verify(&c, 1, 10, 5000, None, false),
+            Err(FrameError::Checksum { .. })
+        ));
         // Truncated.
-        assert!(matches!(verify(&b[..4999], 1, 10, 5000, None, false), Err(FrameError::Length { .. })));
+        assert!(matches!(
+            verify(&b[..4999], 1, 10, 5000, None, false),
+            Err(FrameError::Length { .. })
+        ));
         // Immediate data mismatch.
-        assert!(matches!(verify(&b, 1, 10, 5000, Some(9), true), Err(FrameError::Imm { .. })));
-        assert!(matches!(verify(&b, 1, 10, 5000, None, true), Err(FrameError::Imm { .. })));
+        assert!(matches!(
+            verify(&b, 1, 10, 5000, Some(9), true),
+            Err(FrameError::Imm { .. })
+        ));
+        assert!(matches!(
+            verify(&b, 1, 10, 5000, None, true),
+            Err(FrameError::Imm { .. })
+        ));
         // Tiny messages carry the seq's low bytes and part of the checksum.
         let mut t = vec![0u8; 6];
         fill(&mut t, 1, 0x0102_0304);
         assert_eq!(verify(&t, 1, 0x0102_0304, 6, None, false), Ok(()));
         t[5] ^= 1;
-        assert!(matches!(verify(&t, 1, 0x0102_0304, 6, None, false), Err(FrameError::Checksum { .. })));
+        assert!(matches!(
+            verify(&t, 1, 0x0102_0304, 6, None, false),
+            Err(FrameError::Checksum { .. })
+        ));
         let mut one = vec![0u8; 1];
         fill(&mut one, 1, 5);
         assert!(verify(&one, 1, 6, 1, None, false).is_err());

@@ -25,5 +25,8 @@ pub use env::RxeEnv;
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GDRX_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

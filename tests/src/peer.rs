@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use gdrx_core::wire::{Hello, Welcome};
 use gdrx_core::{
-    Access, Connection, ConnectionSpec, Cq, Device, HostMemory, Pd, QpConfig, SendBatch, SendFlags, SendOp, WcStatus,
-    WorkCompletion,
+    Access, Connection, ConnectionSpec, Cq, Device, HostMemory, Pd, QpConfig, SendBatch, SendFlags,
+    SendOp, WcStatus, WorkCompletion,
 };
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +66,9 @@ pub struct Plan {
     /// First try one connection with private data that is not a gdrx Hello, and expect it to be
     /// rejected.
     pub bad_hello: bool,
+    /// Tag of the first connection (connection `i` announces `first_tag + i`).
+    #[serde(default)]
+    pub first_tag: u32,
 }
 
 /// What one connection did.
@@ -99,10 +102,19 @@ struct SendConn {
     conn: Connection,
     cq: Arc<Cq>,
     welcome: Welcome,
+    /// Index in the plan (>= plan.conns for the oversize connection).
+    index: u32,
     tag: u32,
 }
 
-fn open_conn(dev: &Arc<Device>, pd: &Arc<Pd>, plan: &Plan, tag: u32, private: &[u8]) -> anyhow::Result<SendConn> {
+fn open_conn(
+    dev: &Arc<Device>,
+    pd: &Arc<Pd>,
+    plan: &Plan,
+    index: u32,
+    tag: u32,
+    private: &[u8],
+) -> anyhow::Result<SendConn> {
     let cq = Cq::new(dev, plan.window * 2 + 16)?;
     let mut spec = ConnectionSpec::new(pd, &cq, &cq, None);
     spec.qp = QpConfig {
@@ -114,8 +126,15 @@ fn open_conn(dev: &Arc<Device>, pd: &Arc<Pd>, plan: &Plan, tag: u32, private: &[
     };
     let conn = gdrx_core::connect(plan.server, None, &spec, private)
         .with_context(|| format!("connection {tag} to {}", plan.server))?;
-    let welcome = Welcome::decode(conn.peer_private_data()).map_err(|e| e.into_error("accept private data"))?;
-    Ok(SendConn { conn, cq, welcome, tag })
+    let welcome = Welcome::decode(conn.peer_private_data())
+        .map_err(|e| e.into_error("accept private data"))?;
+    Ok(SendConn {
+        conn,
+        cq,
+        welcome,
+        index,
+        tag,
+    })
 }
 
 /// Runs the plan and returns the report (the binary prints it).
@@ -128,20 +147,21 @@ pub fn run(plan: &Plan) -> anyhow::Result<Report> {
     let mut bad_hello = None;
     if plan.bad_hello {
         let garbage = [0x5Au8; 24];
-        match open_conn(&dev, &pd, plan, u32::MAX, &garbage) {
+        match open_conn(&dev, &pd, plan, u32::MAX, u32::MAX, &garbage) {
             Ok(_) => bail!("a connection with malformed private data was accepted"),
             Err(e) => bad_hello = Some(format!("{e:#}")),
         }
     }
     let mut conns = Vec::new();
     let total = plan.conns + u32::from(plan.oversize_after.is_some());
-    for tag in 0..total {
+    for index in 0..total {
+        let tag = plan.first_tag + index;
         let hello = Hello {
             flags: 0,
             conn_tag: tag,
             max_msg: plan.max,
         };
-        let c = open_conn(&dev, &pd, plan, tag, &hello.encode())?;
+        let c = open_conn(&dev, &pd, plan, index, tag, &hello.encode())?;
         if c.welcome.recv_buf != plan.max {
             bail!(
                 "receiver posts {}-byte buffers but the plan's largest message is {}",
@@ -156,7 +176,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Report> {
         let plan = plan.clone();
         let pd = Arc::clone(&pd);
         threads.push(std::thread::spawn(move || {
-            let oversize = (c.tag >= plan.conns).then(|| plan.oversize_after.unwrap_or(0));
+            let oversize = (c.index >= plan.conns).then(|| plan.oversize_after.unwrap_or(0));
             let r = send_stream(&pd, &c, &plan, oversize);
             (c, r)
         }));
@@ -164,7 +184,9 @@ pub fn run(plan: &Plan) -> anyhow::Result<Report> {
     let mut reports = Vec::new();
     let mut keep = Vec::new();
     for t in threads {
-        let (c, r) = t.join().map_err(|_| anyhow::anyhow!("sender thread panicked"))?;
+        let (c, r) = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("sender thread panicked"))?;
         reports.push(r?);
         keep.push(c);
     }
@@ -188,7 +210,12 @@ pub fn run(plan: &Plan) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-fn send_stream(pd: &Arc<Pd>, c: &SendConn, plan: &Plan, oversize_after: Option<u32>) -> anyhow::Result<ConnReport> {
+fn send_stream(
+    pd: &Arc<Pd>,
+    c: &SendConn,
+    plan: &Plan,
+    oversize_after: Option<u32>,
+) -> anyhow::Result<ConnReport> {
     let slot = plan.max as usize + 4096;
     let window = plan.window as usize;
     let mem = Arc::new(HostMemory::new(slot * window)?);
@@ -213,7 +240,10 @@ fn send_stream(pd: &Arc<Pd>, c: &SendConn, plan: &Plan, oversize_after: Option<u
                 .window
                 .ok_or_else(|| anyhow::anyhow!("receiver advertised no RDMA WRITE window"))?;
             if w.len < u64::from(plan.messages) * u64::from(plan.max) {
-                bail!("receiver's window of {} bytes is too small for the plan", w.len);
+                bail!(
+                    "receiver's window of {} bytes is too small for the plan",
+                    w.len
+                );
             }
             Some(w)
         }
@@ -221,29 +251,30 @@ fn send_stream(pd: &Arc<Pd>, c: &SendConn, plan: &Plan, oversize_after: Option<u
     };
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut failed = false;
-    let handle = |wcs: &[WorkCompletion], report: &mut ConnReport, lens: &[u32], failed: &mut bool| {
-        for wc in wcs {
-            let seq = wc.wr_id() as u32;
-            match wc.result() {
-                Ok(()) => {
-                    report.sent += 1;
-                    report.bytes += u64::from(lens[seq as usize % window]);
-                }
-                Err(e) => {
-                    if Some(seq) == oversize_after {
-                        report.oversize_status = Some(format!("{:?}", e.status));
-                        report.oversize_rejected = Some(e.status.is_send_overflow());
-                        if !e.status.is_send_overflow() {
+    let handle =
+        |wcs: &[WorkCompletion], report: &mut ConnReport, lens: &[u32], failed: &mut bool| {
+            for wc in wcs {
+                let seq = wc.wr_id() as u32;
+                match wc.result() {
+                    Ok(()) => {
+                        report.sent += 1;
+                        report.bytes += u64::from(lens[seq as usize % window]);
+                    }
+                    Err(e) => {
+                        if Some(seq) == oversize_after {
+                            report.oversize_status = Some(format!("{:?}", e.status));
+                            report.oversize_rejected = Some(e.status.is_send_overflow());
+                            if !e.status.is_send_overflow() {
+                                report.errors.push(e.to_string());
+                            }
+                        } else if e.status != WcStatus::WrFlush || !*failed {
                             report.errors.push(e.to_string());
                         }
-                    } else if e.status != WcStatus::WrFlush || !*failed {
-                        report.errors.push(e.to_string());
+                        *failed = true;
                     }
-                    *failed = true;
                 }
             }
-        }
-    };
+        };
     for seq in 0..messages {
         while inflight == window {
             let n = c.cq.poll(&mut wcs)?;
@@ -280,10 +311,13 @@ fn send_stream(pd: &Arc<Pd>, c: &SendConn, plan: &Plan, oversize_after: Option<u
             },
             (OpKind::WriteImm, None) => unreachable!("checked above"),
         };
-        batch.push(u64::from(seq), op, &[sge], SendFlags::SIGNALED).expect("batch of one");
+        batch
+            .push(u64::from(seq), op, &[sge], SendFlags::SIGNALED)
+            .expect("batch of one");
         // SAFETY: the SGE lies in `mr` (kept alive until all completions are polled below) and
         // slot `i` is not touched again until this work request completes.
-        unsafe { c.conn.qp().post_send(&mut batch) }.map_err(|e| anyhow::anyhow!("connection {}: {e}", c.tag))?;
+        unsafe { c.conn.qp().post_send(&mut batch) }
+            .map_err(|e| anyhow::anyhow!("connection {}: {e}", c.tag))?;
         inflight += 1;
     }
     while inflight > 0 {
@@ -292,7 +326,11 @@ fn send_stream(pd: &Arc<Pd>, c: &SendConn, plan: &Plan, oversize_after: Option<u
         inflight -= n;
         if n == 0 {
             if Instant::now() > deadline {
-                bail!("connection {}: {} send completions never arrived", c.tag, inflight);
+                bail!(
+                    "connection {}: {} send completions never arrived",
+                    c.tag,
+                    inflight
+                );
             }
             std::thread::yield_now();
         }

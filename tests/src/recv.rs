@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use gdrx_core::wire::{Hello, RemoteWindow, Welcome};
 use gdrx_core::{
-    Access, ConnectionSpec, Cq, Device, Error, HostMemory, Listener, Mr, RecvBatch, Sge, Srq, SrqConfig, WcError,
-    WcOpcode, WorkCompletion,
+    Access, ConnectionSpec, Cq, Device, Error, HostMemory, Listener, Mr, RecvBatch, Sge, Srq,
+    SrqConfig, WcError, WcOpcode, WorkCompletion,
 };
 
 use crate::frame::{self, SizeClass};
@@ -23,6 +23,9 @@ use crate::RxeEnv;
 
 /// Bytes of each receive that land in the header buffer when receives use two SGEs.
 pub const HEADER_SPLIT: u32 = 64;
+
+/// Connection tag of the sender process that gets killed ([`RecvConfig::kill_peer_after`]).
+pub const DOOMED_TAG: u32 = 1000;
 
 /// How the receiver is set up and what it expects.
 #[derive(Debug, Clone)]
@@ -46,6 +49,9 @@ pub struct RecvConfig {
     pub oversize_after: Option<u32>,
     /// Have the sender first try a connection with malformed private data.
     pub bad_hello: bool,
+    /// Also run a second sender process (one connection, tag [`DOOMED_TAG`]) and SIGKILL it
+    /// once this many of its messages have been verified.
+    pub kill_peer_after: Option<u32>,
     /// Give up after this long.
     pub timeout: Duration,
 }
@@ -61,6 +67,8 @@ pub struct RecvReport {
     pub received: BTreeMap<u32, u32>,
     /// Bytes verified.
     pub bytes: u64,
+    /// Bytes verified per connection tag.
+    pub bytes_by_tag: BTreeMap<u32, u64>,
     /// Size-class coverage.
     pub classes: BTreeMap<String, u64>,
     /// Error completions seen on the receive side.
@@ -75,6 +83,10 @@ pub struct RecvReport {
     pub events: u64,
     /// Receive work requests reposted.
     pub reposts: u64,
+    /// Connection tags whose RDMA CM reported a disconnect while receiving.
+    pub disconnected: Vec<u32>,
+    /// Messages verified from the killed sender before it died.
+    pub killed_after: Option<u32>,
     /// Largest number of work requests posted in one `ibv_post_srq_recv` call.
     pub max_repost_batch: usize,
     /// The sender's report.
@@ -99,7 +111,12 @@ struct Buffers {
 }
 
 impl Buffers {
-    fn new(pd: &Arc<gdrx_core::Pd>, slots: u32, slot_size: u32, sges: u32) -> anyhow::Result<Buffers> {
+    fn new(
+        pd: &Arc<gdrx_core::Pd>,
+        slots: u32,
+        slot_size: u32,
+        sges: u32,
+    ) -> anyhow::Result<Buffers> {
         let sizes: Vec<usize> = match sges {
             1 => vec![slot_size as usize],
             2 => vec![HEADER_SPLIT as usize, (slot_size - HEADER_SPLIT) as usize],
@@ -123,13 +140,19 @@ impl Buffers {
     fn sges(&self, slot: u32, out: &mut [Sge; 2]) -> usize {
         if self.sges == 1 {
             let s = self.slot_size as usize;
-            out[0] = self.mrs[0].sge(slot as usize * s, s).expect("slot in bounds");
+            out[0] = self.mrs[0]
+                .sge(slot as usize * s, s)
+                .expect("slot in bounds");
             1
         } else {
             let h = HEADER_SPLIT as usize;
             let p = (self.slot_size - HEADER_SPLIT) as usize;
-            out[0] = self.mrs[0].sge(slot as usize * h, h).expect("slot in bounds");
-            out[1] = self.mrs[1].sge(slot as usize * p, p).expect("slot in bounds");
+            out[0] = self.mrs[0]
+                .sge(slot as usize * h, h)
+                .expect("slot in bounds");
+            out[1] = self.mrs[1]
+                .sge(slot as usize * p, p)
+                .expect("slot in bounds");
             2
         }
     }
@@ -152,7 +175,8 @@ impl Buffers {
             scratch.extend_from_slice(unsafe { self.mems[0].slice(slot as usize * h, first) });
             if len > h {
                 // SAFETY: as above.
-                scratch.extend_from_slice(unsafe { self.mems[1].slice(slot as usize * p, len - h) });
+                scratch
+                    .extend_from_slice(unsafe { self.mems[1].slice(slot as usize * p, len - h) });
             }
         }
     }
@@ -163,7 +187,10 @@ fn spawn_peer(exe: &Path, plan: &Plan) -> anyhow::Result<Child> {
     let child = Command::new(exe)
         .arg("--plan")
         .arg(serde_json::to_string(plan)?)
-        .env("GDRX_LOG", std::env::var("GDRX_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "GDRX_LOG",
+            std::env::var("GDRX_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -177,6 +204,7 @@ struct ConnState {
     next: u32,
     expect: u32,
     window_base: u64,
+    doomed: bool,
 }
 
 /// Runs a two-process test: this process receives, a `gdrx-testpeer` process (`peer_exe`,
@@ -185,14 +213,22 @@ struct ConnState {
 /// # Errors
 /// Set-up failures and a sender that fails; verification problems are returned in the report for
 /// the test to assert on.
-pub fn run_two_process(env: &RxeEnv, cfg: &RecvConfig, peer_exe: &Path) -> anyhow::Result<RecvReport> {
+pub fn run_two_process(
+    env: &RxeEnv,
+    cfg: &RecvConfig,
+    peer_exe: &Path,
+) -> anyhow::Result<RecvReport> {
     let dev: Arc<Device> = env.open();
     let port = dev.require_active_port(1)?;
     let mtu = port.active_mtu;
     let pd = dev.alloc_pd()?;
     let total_conns = cfg.conns + u32::from(cfg.oversize_after.is_some());
     let cqe = cfg.slots + 64;
-    let cq = if cfg.events { Cq::with_events(&dev, cqe)? } else { Cq::new(&dev, cqe)? };
+    let cq = if cfg.events {
+        Cq::with_events(&dev, cqe)?
+    } else {
+        Cq::new(&dev, cqe)?
+    };
     let srq = Srq::new(
         &pd,
         SrqConfig {
@@ -205,7 +241,9 @@ pub fn run_two_process(env: &RxeEnv, cfg: &RecvConfig, peer_exe: &Path) -> anyho
     // RDMA WRITE window: one sub-window of messages * slot_size per connection.
     let per_conn_window = u64::from(cfg.messages) * u64::from(cfg.slot_size);
     let (window_mem, window_mr) = if cfg.op == OpKind::WriteImm {
-        let m = Arc::new(HostMemory::new((per_conn_window * u64::from(total_conns)) as usize)?);
+        let m = Arc::new(HostMemory::new(
+            (per_conn_window * u64::from(total_conns)) as usize,
+        )?);
         let mr = pd.register(Arc::clone(&m), Access::remote_write())?;
         (Some(m), Some(mr))
     } else {
@@ -221,7 +259,9 @@ pub fn run_two_process(env: &RxeEnv, cfg: &RecvConfig, peer_exe: &Path) -> anyho
     }; 2];
     for slot in 0..cfg.slots {
         let n = bufs.sges(slot, &mut sg);
-        batch.push(u64::from(slot), &sg[..n]).expect("batch sized for all slots");
+        batch
+            .push(u64::from(slot), &sg[..n])
+            .expect("batch sized for all slots");
     }
     // SAFETY: every SGE lies in `bufs`' MRs, which outlive the SRQ (dropped after it, below), and
     // no slot is read before its completion is polled.
@@ -240,8 +280,23 @@ pub fn run_two_process(env: &RxeEnv, cfg: &RecvConfig, peer_exe: &Path) -> anyho
         window: 16,
         oversize_after: cfg.oversize_after,
         bad_hello: cfg.bad_hello,
+        first_tag: 0,
     };
     let mut child = spawn_peer(peer_exe, &plan)?;
+    let mut doomed = match cfg.kill_peer_after {
+        Some(_) => Some(spawn_peer(
+            peer_exe,
+            &Plan {
+                conns: 1,
+                messages: cfg.messages.saturating_mul(50),
+                oversize_after: None,
+                bad_hello: false,
+                first_tag: DOOMED_TAG,
+                ..plan.clone()
+            },
+        )?),
+        None => None,
+    };
     let mut report = RecvReport {
         device: dev.name().to_owned(),
         mtu,
@@ -251,17 +306,23 @@ pub fn run_two_process(env: &RxeEnv, cfg: &RecvConfig, peer_exe: &Path) -> anyho
     let mut conns = Vec::new();
     let mut by_qp: HashMap<u32, ConnState> = HashMap::new();
     let accept_deadline = Instant::now() + Duration::from_secs(120);
-    let want_requests = total_conns + u32::from(cfg.bad_hello);
+    let want_requests = total_conns + u32::from(cfg.bad_hello) + u32::from(doomed.is_some());
     let mut got_requests = 0;
     while got_requests < want_requests {
         let left = accept_deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             let _ = child.kill();
-            bail!("only {got_requests} of {want_requests} connection requests arrived; sender: {}", drain(&mut child));
+            bail!(
+                "only {got_requests} of {want_requests} connection requests arrived; sender: {}",
+                drain(&mut child)
+            );
         }
         let Some(req) = listener.next_request(Some(left.min(Duration::from_secs(1))))? else {
             if let Some(st) = child.try_wait()? {
-                bail!("sender exited ({st}) while connecting: {}", drain(&mut child));
+                bail!(
+                    "sender exited ({st}) while connecting: {}",
+                    drain(&mut child)
+                );
             }
             continue;
         };
@@ -286,7 +347,10 @@ pub fn run_two_process(env: &RxeEnv, cfg: &RecvConfig, peer_exe: &Path) -> anyho
             window,
         };
         let conn = req.accept(&spec, &welcome.encode())?;
-        let expect = if hello.conn_tag >= cfg.conns {
+        let is_doomed = hello.conn_tag == DOOMED_TAG && doomed.is_some();
+        let expect = if is_doomed {
+            0
+        } else if hello.conn_tag >= cfg.conns {
             cfg.oversize_after.unwrap_or(0)
         } else {
             cfg.messages
@@ -297,11 +361,12 @@ pub fn run_two_process(env: &RxeEnv, cfg: &RecvConfig, peer_exe: &Path) -> anyho
                 tag: hello.conn_tag,
                 next: 0,
                 expect,
-                window_base: u64::from(hello.conn_tag) * per_conn_window,
+                window_base: u64::from(hello.conn_tag.min(total_conns)) * per_conn_window,
+                doomed: is_doomed,
             },
         );
         report.received.insert(hello.conn_tag, 0);
-        conns.push(conn);
+        conns.push((hello.conn_tag, conn));
     }
 
     // Receive loop.
@@ -312,10 +377,35 @@ pub fn run_two_process(env: &RxeEnv, cfg: &RecvConfig, peer_exe: &Path) -> anyho
     let mut scratch = Vec::with_capacity(cfg.slot_size as usize);
     let mut oversize_seen = cfg.oversize_after.is_none();
     let mut polls = 0u64;
-    let done = |by_qp: &HashMap<u32, ConnState>, oversize_seen: bool| {
-        oversize_seen && by_qp.values().all(|c| c.next >= c.expect)
+    let done = |by_qp: &HashMap<u32, ConnState>, oversize_seen: bool, doomed_gone: bool| {
+        oversize_seen && doomed_gone && by_qp.values().all(|c| c.doomed || c.next >= c.expect)
     };
-    while !done(&by_qp, oversize_seen) {
+    let mut doomed_gone = doomed.is_none();
+    let mut last_cm_check = Instant::now();
+    while !done(&by_qp, oversize_seen, doomed_gone) {
+        // The doomed sender dies once enough of its messages arrived.
+        if let (Some(after), Some(d)) = (cfg.kill_peer_after, doomed.as_mut()) {
+            let got = by_qp.values().find(|c| c.doomed).map_or(0, |c| c.next);
+            if got >= after && report.killed_after.is_none() {
+                d.kill()?;
+                d.wait()?;
+                report.killed_after = Some(got);
+            }
+        }
+        // Watch every connection's RDMA CM events (disconnects) every 20 ms.
+        if last_cm_check.elapsed() > Duration::from_millis(20) {
+            last_cm_check = Instant::now();
+            for (tag, conn) in conns.iter_mut() {
+                if let Some(gdrx_core::ConnEvent::Disconnected) =
+                    conn.poll_event(Some(Duration::ZERO))?
+                {
+                    report.disconnected.push(*tag);
+                    if *tag == DOOMED_TAG && report.killed_after.is_some() {
+                        doomed_gone = true;
+                    }
+                }
+            }
+        }
         if Instant::now() > deadline {
             let _ = child.kill();
             let progress: Vec<_> = by_qp.values().map(|c| (c.tag, c.next, c.expect)).collect();
@@ -349,7 +439,9 @@ pub fn run_two_process(env: &RxeEnv, cfg: &RecvConfig, peer_exe: &Path) -> anyho
             match wc.result() {
                 Ok(()) => {
                     let Some(c) = by_qp.get_mut(&wc.qp_num()) else {
-                        report.frame_errors.push(format!("completion for unknown QP {:#x}", wc.qp_num()));
+                        report
+                            .frame_errors
+                            .push(format!("completion for unknown QP {:#x}", wc.qp_num()));
                         report.frame_error_count += 1;
                         continue;
                     };
@@ -358,7 +450,8 @@ pub fn run_two_process(env: &RxeEnv, cfg: &RecvConfig, peer_exe: &Path) -> anyho
                     let res = match (cfg.op, wc.opcode()) {
                         (OpKind::WriteImm, WcOpcode::RecvRdmaWithImm) => {
                             let mem = window_mem.as_ref().expect("window exists in write mode");
-                            let off = (c.window_base + u64::from(seq) * u64::from(cfg.slot_size)) as usize;
+                            let off = (c.window_base + u64::from(seq) * u64::from(cfg.slot_size))
+                                as usize;
                             // Data written before the WRITE_WITH_IMM completion is visible now;
                             // the sender never writes this sub-range again.
                             // SAFETY: no other reference to this range exists and the peer is done
@@ -373,7 +466,10 @@ pub fn run_two_process(env: &RxeEnv, cfg: &RecvConfig, peer_exe: &Path) -> anyho
                                 frame::verify(data, c.tag, seq, want, wc.imm(), true)
                             }
                         }
-                        (OpKind::WriteImm, op) => Err(frame::FrameError::Length { want, got: op_code(op) }),
+                        (OpKind::WriteImm, op) => Err(frame::FrameError::Length {
+                            want,
+                            got: op_code(op),
+                        }),
                         (_, _) => {
                             let len = (wc.byte_len() as usize).min(cfg.slot_size as usize);
                             // SAFETY: the slot's work request just completed; it is reposted only
@@ -386,12 +482,15 @@ pub fn run_two_process(env: &RxeEnv, cfg: &RecvConfig, peer_exe: &Path) -> anyho
                         Ok(()) => {
                             *report.classes.entry(format!("{class:?}")).or_insert(0) += 1;
                             report.bytes += u64::from(want);
+                            *report.bytes_by_tag.entry(c.tag).or_insert(0) += u64::from(want);
                             *report.received.get_mut(&c.tag).expect("tag registered") += 1;
                         }
                         Err(e) => {
                             report.frame_error_count += 1;
                             if report.frame_errors.len() < 20 {
-                                report.frame_errors.push(format!("conn {} seq {seq}: {e}", c.tag));
+                                report
+                                    .frame_errors
+                                    .push(format!("conn {} seq {seq}: {e}", c.tag));
                             }
                         }
                     }
@@ -408,7 +507,9 @@ pub fn run_two_process(env: &RxeEnv, cfg: &RecvConfig, peer_exe: &Path) -> anyho
             }
             // Every completion, good or bad, consumed one SRQ work request: give it back.
             let k = bufs.sges(slot, &mut sg);
-            repost.push(u64::from(slot), &sg[..k]).expect("repost batch sized for all slots");
+            repost
+                .push(u64::from(slot), &sg[..k])
+                .expect("repost batch sized for all slots");
         }
         report.max_repost_batch = report.max_repost_batch.max(repost.len());
         report.reposts += repost.len() as u64;
@@ -425,9 +526,16 @@ pub fn run_two_process(env: &RxeEnv, cfg: &RecvConfig, peer_exe: &Path) -> anyho
     if !out.0.success() {
         bail!("sender exited with {}: {}", out.0, out.2);
     }
-    let line = out.1.lines().rev().find(|l| l.starts_with('{')).unwrap_or_default().to_owned();
+    let line = out
+        .1
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_default()
+        .to_owned();
     report.peer = Some(
-        serde_json::from_str(&line).with_context(|| format!("parsing the sender's report {line:?}; stderr: {}", out.2))?,
+        serde_json::from_str(&line)
+            .with_context(|| format!("parsing the sender's report {line:?}; stderr: {}", out.2))?,
     );
     // Tear down: connections first (QPs), then SRQ, CQ, MRs, PD, device (Arcs enforce it too).
     drop(conns);
@@ -466,7 +574,10 @@ fn drain(child: &mut Child) -> String {
     s
 }
 
-fn wait_with_timeout(child: &mut Child, t: Duration) -> anyhow::Result<(std::process::ExitStatus, String, String)> {
+fn wait_with_timeout(
+    child: &mut Child,
+    t: Duration,
+) -> anyhow::Result<(std::process::ExitStatus, String, String)> {
     let mut out = child.stdout.take().expect("piped stdout");
     let mut err = child.stderr.take().expect("piped stderr");
     let ot = std::thread::spawn(move || {
@@ -490,7 +601,11 @@ fn wait_with_timeout(child: &mut Child, t: Duration) -> anyhow::Result<(std::pro
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    Ok((status, ot.join().unwrap_or_default(), et.join().unwrap_or_default()))
+    Ok((
+        status,
+        ot.join().unwrap_or_default(),
+        et.join().unwrap_or_default(),
+    ))
 }
 
 /// Asserts a report shows every message verified exactly once, in order, for every connection.
@@ -498,7 +613,11 @@ fn wait_with_timeout(child: &mut Child, t: Duration) -> anyhow::Result<(std::pro
 /// # Panics
 /// On any shortfall, with the report.
 pub fn assert_clean(r: &RecvReport, cfg: &RecvConfig) {
-    assert_eq!(r.frame_error_count, 0, "verification failures: {:?}", r.frame_errors);
+    assert_eq!(
+        r.frame_error_count, 0,
+        "verification failures: {:?}",
+        r.frame_errors
+    );
     for tag in 0..cfg.conns {
         assert_eq!(
             r.received.get(&tag).copied(),
@@ -508,13 +627,35 @@ pub fn assert_clean(r: &RecvReport, cfg: &RecvConfig) {
     }
     let peer = r.peer.as_ref().expect("sender report");
     for c in peer.conns.iter().filter(|c| c.tag < cfg.conns) {
-        assert!(c.errors.is_empty(), "sender errors on connection {}: {:?}", c.tag, c.errors);
-        assert_eq!(c.sent, cfg.messages, "sender completed sends on connection {}", c.tag);
-        assert_eq!(Some(&c.sent), r.received.get(&c.tag), "sent == received for connection {}", c.tag);
+        assert!(
+            c.errors.is_empty(),
+            "sender errors on connection {}: {:?}",
+            c.tag,
+            c.errors
+        );
+        assert_eq!(
+            c.sent, cfg.messages,
+            "sender completed sends on connection {}",
+            c.tag
+        );
+        assert_eq!(
+            Some(&c.sent),
+            r.received.get(&c.tag),
+            "sent == received for connection {}",
+            c.tag
+        );
+        assert_eq!(
+            Some(&c.bytes),
+            r.bytes_by_tag.get(&c.tag),
+            "bytes sent == bytes verified for connection {}",
+            c.tag
+        );
     }
-    let sent_bytes: u64 = peer.conns.iter().map(|c| c.bytes).sum();
-    assert_eq!(sent_bytes, r.bytes, "bytes sent == bytes verified");
-    assert_eq!(r.reposts, r.total() + r.wc_errors.len() as u64, "every completion's buffer was reposted");
+    assert_eq!(
+        r.reposts,
+        r.total() + r.wc_errors.len() as u64,
+        "every completion's buffer was reposted"
+    );
 }
 
 /// Counts of each size class the schedule must have covered.
@@ -529,6 +670,10 @@ pub fn assert_coverage(r: &RecvReport) {
         SizeClass::Random,
     ] {
         let n = r.classes.get(&format!("{c:?}")).copied().unwrap_or(0);
-        assert!(n > 0, "no message of size class {c:?} was verified: {:?}", r.classes);
+        assert!(
+            n > 0,
+            "no message of size class {c:?} was verified: {:?}",
+            r.classes
+        );
     }
 }

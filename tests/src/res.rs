@@ -35,8 +35,9 @@ pub fn counts(dev: &str) -> anyhow::Result<BTreeMap<&'static str, usize>> {
         let n = if text.is_empty() {
             0
         } else {
-            let v: serde_json::Value = serde_json::from_str(text)
-                .map_err(|e| anyhow::anyhow!("parsing `rdma -j resource show {kind}`: {e}: {text}"))?;
+            let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+                anyhow::anyhow!("parsing `rdma -j resource show {kind}`: {e}: {text}")
+            })?;
             v.as_array()
                 .map(|a| {
                     a.iter()

@@ -34,7 +34,12 @@ pub struct Udmabuf {
 /// When memfd, sealing or `/dev/udmabuf` fail (e.g. the kernel lacks CONFIG_UDMABUF).
 pub fn create(size: usize) -> io::Result<Udmabuf> {
     // SAFETY: static NUL-terminated name; flags are valid memfd flags.
-    let fd = unsafe { libc::memfd_create(c"gdrx-udmabuf".as_ptr(), libc::MFD_ALLOW_SEALING | libc::MFD_CLOEXEC) };
+    let fd = unsafe {
+        libc::memfd_create(
+            c"gdrx-udmabuf".as_ptr(),
+            libc::MFD_ALLOW_SEALING | libc::MFD_CLOEXEC,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -49,7 +54,10 @@ pub fn create(size: usize) -> io::Result<Udmabuf> {
     if unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let dev = OpenOptions::new().read(true).write(true).open("/dev/udmabuf")?;
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/udmabuf")?;
     let req = UdmabufCreate {
         memfd: memfd.as_raw_fd() as u32,
         flags: UDMABUF_FLAGS_CLOEXEC,

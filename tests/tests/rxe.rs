@@ -11,15 +11,19 @@ use std::time::{Duration, Instant};
 
 use gdrx_core::wire::{Hello, Welcome};
 use gdrx_core::{
-    Access, ConnectionSpec, Cq, Device, DeviceKind, DmabufSupport, Error, GidKind, HostMemory, Listener, MrKind,
-    PortState, RecvBatch, SendBatch, SendFlags, SendOp, Srq, SrqConfig, WcStatus, WorkCompletion,
+    Access, ConnectionSpec, Cq, Device, DeviceKind, DmabufSupport, Error, GidKind, HostMemory,
+    Listener, MrKind, PortState, RecvBatch, SendBatch, SendFlags, SendOp, Srq, SrqConfig, WcStatus,
+    WorkCompletion,
 };
 use gdrx_tests::peer::OpKind;
-use gdrx_tests::recv::{assert_clean, assert_coverage, run_two_process, RecvConfig, RecvReport};
+use gdrx_tests::recv::{
+    assert_clean, assert_coverage, run_two_process, RecvConfig, RecvReport, DOOMED_TAG,
+};
 use gdrx_tests::{res, udmabuf, RxeEnv};
 
 const PEER: &str = env!("CARGO_BIN_EXE_gdrx-testpeer");
-const NEEDS_RXE: &str = "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)";
+const NEEDS_RXE: &str =
+    "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)";
 
 fn env() -> RxeEnv {
     gdrx_tests::init_logging();
@@ -57,22 +61,39 @@ fn capability_report_and_roce_v2_gid() {
     assert_eq!(caps.kind, DeviceKind::SoftRoce, "{} is not rxe", env.dev);
     assert!(caps.max_srq_wr >= 4096, "max_srq_wr {}", caps.max_srq_wr);
     assert!(caps.max_srq_sge >= 2, "max_srq_sge {}", caps.max_srq_sge);
-    assert!(caps.max_sge >= 2 && caps.max_qp_wr >= 1024 && caps.max_cqe >= 4096, "{caps:?}");
+    assert!(
+        caps.max_sge >= 2 && caps.max_qp_wr >= 1024 && caps.max_cqe >= 4096,
+        "{caps:?}"
+    );
     let port = &caps.ports[0];
     assert_eq!(port.state, PortState::Active);
     assert_eq!(port.link_layer, "Ethernet");
-    assert!(port.active_mtu.is_power_of_two() && (256..=4096).contains(&port.active_mtu), "{port:?}");
-    let gid = port.select_roce_v2_gid(Some(env.ip)).expect("a RoCE v2 GID for the device's IP");
+    assert!(
+        port.active_mtu.is_power_of_two() && (256..=4096).contains(&port.active_mtu),
+        "{port:?}"
+    );
+    let gid = port
+        .select_roce_v2_gid(Some(env.ip))
+        .expect("a RoCE v2 GID for the device's IP");
     assert_eq!(gid.kind, GidKind::RoceV2);
     assert_eq!(gid.ip(), env.ip);
-    assert_eq!(port.select_roce_v2_gid(None).map(|g| g.index), Some(gid.index));
-    println!("RoCE v2 GID for {}: index {} ({})", env.ip, gid.index, gid.gid);
+    assert_eq!(
+        port.select_roce_v2_gid(None).map(|g| g.index),
+        Some(gid.index)
+    );
+    println!(
+        "RoCE v2 GID for {}: index {} ({})",
+        env.ip, gid.index, gid.gid
+    );
     assert!(dev.require_active_port(1).is_ok());
     assert!(gdrx_core::device_names().unwrap().contains(&env.dev));
     match Device::open("gdrx_no_such_dev") {
         Err(e @ Error::DeviceNotFound { .. }) => {
             let msg = e.to_string();
-            assert!(msg.contains(&env.dev), "the error lists the devices present: {msg}");
+            assert!(
+                msg.contains(&env.dev),
+                "the error lists the devices present: {msg}"
+            );
             println!("typed error for a missing device: {msg}");
         }
         other => panic!("expected DeviceNotFound, got {other:?}"),
@@ -109,13 +130,21 @@ fn dmabuf_mr_on_rxe_is_typed_unsupported() {
     let ub = udmabuf::create(size).expect(
         "udmabuf: the testbed kernel has CONFIG_UDMABUF; on a host without it, `modprobe udmabuf`",
     );
-    assert_eq!(udmabuf::exporter(&ub.dmabuf).as_deref(), Some("udmabuf"), "fdinfo names the exporter");
+    assert_eq!(
+        udmabuf::exporter(&ub.dmabuf).as_deref(),
+        Some("udmabuf"),
+        "fdinfo names the exporter"
+    );
     // SAFETY: no CPU mapping of the dma-buf exists yet; the call is expected to fail anyway.
-    let r = unsafe { pd.register_dmabuf(ub.dmabuf.as_fd(), 0, size, 0x10_0000, Access::recv(), None) };
+    let r =
+        unsafe { pd.register_dmabuf(ub.dmabuf.as_fd(), 0, size, 0x10_0000, Access::recv(), None) };
     match r {
         Err(e @ Error::Unsupported { .. }) => {
             let msg = e.to_string();
-            assert!(msg.contains("rxe") && msg.contains("ibv_reg_mr"), "reason and fallback named: {msg}");
+            assert!(
+                msg.contains("rxe") && msg.contains("ibv_reg_mr"),
+                "reason and fallback named: {msg}"
+            );
             assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP));
             println!("typed error for ibv_reg_dmabuf_mr on rxe: {msg}");
         }
@@ -135,13 +164,26 @@ fn dmabuf_mr_on_rxe_is_typed_unsupported() {
             0,
         )
     };
-    assert_ne!(p, libc::MAP_FAILED, "mmap of the udmabuf's memfd: {}", std::io::Error::last_os_error());
+    assert_ne!(
+        p,
+        libc::MAP_FAILED,
+        "mmap of the udmabuf's memfd: {}",
+        std::io::Error::last_os_error()
+    );
     let map = Arc::new(Mapping(p, size));
     // SAFETY: the mapping stays alive (the MR keeps the Arc) and nothing references its bytes.
-    let mr = unsafe { pd.register_raw(p.cast(), size, Access::recv(), Some(map)) }.expect("ibv_reg_mr on the CPU mapping");
+    let mr = unsafe { pd.register_raw(p.cast(), size, Access::recv(), Some(map)) }
+        .expect("ibv_reg_mr on the CPU mapping");
     assert_eq!(mr.kind(), MrKind::Virtual);
-    assert_eq!(mr.access(), Access::recv(), "receive MRs get LOCAL_WRITE only");
-    println!("fallback: the udmabuf's memfd mapping registered with ibv_reg_mr, lkey {:#x}", mr.lkey());
+    assert_eq!(
+        mr.access(),
+        Access::recv(),
+        "receive MRs get LOCAL_WRITE only"
+    );
+    println!(
+        "fallback: the udmabuf's memfd mapping registered with ibv_reg_mr, lkey {:#x}",
+        mr.lkey()
+    );
 }
 
 fn big_config(events: bool, sges: u32) -> RecvConfig {
@@ -155,6 +197,7 @@ fn big_config(events: bool, sges: u32) -> RecvConfig {
         op: OpKind::SendImm,
         oversize_after: None,
         bad_hello: false,
+        kill_peer_after: None,
         timeout: Duration::from_secs(1200),
     }
 }
@@ -179,12 +222,18 @@ fn two_processes_20k_mixed_messages_event_mode_two_sges() {
     let env = env();
     let cfg = big_config(true, 2);
     let r = run_two_process(&env, &cfg, PEER.as_ref()).expect("two-process run");
-    summary("event mode, 2 SGEs (64 B header + payload), SEND_WITH_IMM", &r);
+    summary(
+        "event mode, 2 SGEs (64 B header + payload), SEND_WITH_IMM",
+        &r,
+    );
     assert_clean(&r, &cfg);
     assert_coverage(&r);
     assert!(r.wc_errors.is_empty(), "{:?}", r.wc_errors);
     assert_eq!(r.total(), 20_000);
-    assert!(r.events > 0, "event mode slept on the completion channel at least once");
+    assert!(
+        r.events > 0,
+        "event mode slept on the completion channel at least once"
+    );
 }
 
 #[test]
@@ -201,25 +250,101 @@ fn oversize_message_is_a_typed_error_and_other_connections_go_on() {
     summary("oversize message + malformed hello", &r);
     assert_clean(&r, &cfg);
     let oversize_tag = cfg.conns;
-    assert_eq!(r.received.get(&oversize_tag), Some(&25), "messages before the oversize one were delivered");
-    assert_eq!(r.wc_errors.len(), 1, "exactly one receive error: {:?}", r.wc_errors);
+    assert_eq!(
+        r.received.get(&oversize_tag),
+        Some(&25),
+        "messages before the oversize one were delivered"
+    );
+    assert_eq!(
+        r.wc_errors.len(),
+        1,
+        "exactly one receive error: {:?}",
+        r.wc_errors
+    );
     let e = r.wc_errors[0];
     // rxe completes an overflowing receive with LocalQpOperation (it treats it as a malformed
     // WQE); hardware NICs and the IB spec use LocalLength. Both are typed and explained.
     assert!(e.status.is_receive_overflow(), "{e}");
     let text = Error::from(e).to_string();
-    assert!(text.contains("larger than the posted receive buffer"), "{text}");
+    assert!(
+        text.contains("larger than the posted receive buffer"),
+        "{text}"
+    );
     println!("receive side typed error ({:?}): {text}", e.status);
     let peer = r.peer.as_ref().unwrap();
     let ov = peer.conns.iter().find(|c| c.tag == oversize_tag).unwrap();
-    assert_eq!(ov.oversize_rejected, Some(true), "sender saw the overflow NAK: {ov:?}");
-    println!("send side: oversize SEND completed with {}", ov.oversize_status.as_deref().unwrap_or("?"));
+    assert_eq!(
+        ov.oversize_rejected,
+        Some(true),
+        "sender saw the overflow NAK: {ov:?}"
+    );
+    println!(
+        "send side: oversize SEND completed with {}",
+        ov.oversize_status.as_deref().unwrap_or("?")
+    );
     assert_eq!(ov.sent, 25);
-    assert_eq!(r.rejected.len(), 1, "the malformed hello was rejected: {:?}", r.rejected);
+    assert_eq!(
+        r.rejected.len(),
+        1,
+        "the malformed hello was rejected: {:?}",
+        r.rejected
+    );
     assert!(r.rejected[0].contains("malformed"), "{}", r.rejected[0]);
-    let bh = peer.bad_hello.as_deref().expect("sender tried a malformed hello");
-    assert!(bh.contains("REJECTED"), "sender got a typed rejection: {bh}");
-    println!("malformed hello: receiver said `{}`; sender saw `{bh}`", r.rejected[0]);
+    let bh = peer
+        .bad_hello
+        .as_deref()
+        .expect("sender tried a malformed hello");
+    assert!(
+        bh.contains("REJECTED"),
+        "sender got a typed rejection: {bh}"
+    );
+    println!(
+        "malformed hello: receiver said `{}`; sender saw `{bh}`",
+        r.rejected[0]
+    );
+}
+
+#[test]
+#[ignore = "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)"]
+fn a_sender_that_dies_is_a_disconnect_and_the_others_go_on() {
+    let env = env();
+    let cfg = RecvConfig {
+        conns: 3,
+        messages: 1500,
+        kill_peer_after: Some(300),
+        ..big_config(true, 1)
+    };
+    let r = run_two_process(&env, &cfg, PEER.as_ref()).expect("two-process run");
+    summary("one sender process SIGKILLed mid-stream", &r);
+    assert_clean(&r, &cfg);
+    let killed_after = r.killed_after.expect("the doomed sender was killed");
+    let from_doomed = r.received[&DOOMED_TAG];
+    assert!(
+        from_doomed >= killed_after,
+        "messages verified before the kill stay verified"
+    );
+    assert!(
+        r.disconnected.contains(&DOOMED_TAG),
+        "typed Disconnected event: {:?}",
+        r.disconnected
+    );
+    assert!(
+        r.disconnected.iter().all(|&t| t == DOOMED_TAG),
+        "only the dead sender's connection dropped: {:?}",
+        r.disconnected
+    );
+    println!(
+        "killed the second sender after {killed_after} verified messages; {from_doomed} verified in total \
+         from it, all in order; Disconnected seen; receive errors on its QP: {:?}",
+        r.wc_errors
+    );
+    for e in &r.wc_errors {
+        assert_eq!(
+            e.status,
+            WcStatus::WrFlush,
+            "only flushes of the dead connection's QP: {e}"
+        );
+    }
 }
 
 #[test]
@@ -268,12 +393,22 @@ fn teardown_with_work_requests_posted_is_clean() {
         let dev = env.open();
         let pd = dev.alloc_pd().unwrap();
         let rcq = Cq::with_events(&dev, 256).unwrap();
-        let srq = Srq::new(&pd, SrqConfig { max_wr: 64, max_sge: 1, limit: 0 }).unwrap();
+        let srq = Srq::new(
+            &pd,
+            SrqConfig {
+                max_wr: 64,
+                max_sge: 1,
+                limit: 0,
+            },
+        )
+        .unwrap();
         let rmem = Arc::new(HostMemory::new(64 * 4096).unwrap());
         let rmr = pd.register(Arc::clone(&rmem), Access::recv()).unwrap();
         let mut batch = RecvBatch::with_capacity(64, 64);
         for i in 0..16u64 {
-            batch.push(i, &[rmr.sge(i as usize * 4096, 4096).unwrap()]).unwrap();
+            batch
+                .push(i, &[rmr.sge(i as usize * 4096, 4096).unwrap()])
+                .unwrap();
         }
         // SAFETY: slots lie in `rmr`, which outlives the SRQ; nothing reads them here.
         unsafe { srq.post_recv(&mut batch) }.unwrap();
@@ -285,12 +420,23 @@ fn teardown_with_work_requests_posted_is_clean() {
         let scq = Cq::new(&dev, 256).unwrap();
         let sspec = ConnectionSpec::new(&spd, &scq, &scq, None);
         let client = std::thread::spawn(move || {
-            let hello = Hello { flags: 0, conn_tag: 0, max_msg: 4096 };
+            let hello = Hello {
+                flags: 0,
+                conn_tag: 0,
+                max_msg: 4096,
+            };
             gdrx_core::connect(server, None, &sspec, &hello.encode()).expect("connect")
         });
-        let req = listener.next_request(Some(Duration::from_secs(60))).unwrap().expect("a request");
+        let req = listener
+            .next_request(Some(Duration::from_secs(60)))
+            .unwrap()
+            .expect("a request");
         let rspec = ConnectionSpec::new(&pd, &rcq, &rcq, Some(&srq));
-        let welcome = Welcome { flags: 0, recv_buf: 4096, window: None };
+        let welcome = Welcome {
+            flags: 0,
+            recv_buf: 4096,
+            window: None,
+        };
         let rconn = req.accept(&rspec, &welcome.encode()).unwrap();
         let mut sconn = client.join().unwrap();
 
@@ -299,8 +445,13 @@ fn teardown_with_work_requests_posted_is_clean() {
         let smr = spd.register(Arc::clone(&smem), Access::none()).unwrap();
         let mut sb = SendBatch::with_capacity(64, 64);
         for i in 0..64u64 {
-            sb.push(i, SendOp::SendWithImm(i as u32), &[smr.sge(i as usize * 4096, 1024).unwrap()], SendFlags::SIGNALED)
-                .unwrap();
+            sb.push(
+                i,
+                SendOp::SendWithImm(i as u32),
+                &[smr.sge(i as usize * 4096, 1024).unwrap()],
+                SendFlags::SIGNALED,
+            )
+            .unwrap();
         }
         // SAFETY: SGEs lie in `smr`, which lives until every completion (success or flush) is
         // polled below.
@@ -309,7 +460,9 @@ fn teardown_with_work_requests_posted_is_clean() {
         let mut received = 0;
         let t = Instant::now();
         while received < 16 && t.elapsed() < Duration::from_secs(60) {
-            let n = rcq.poll_blocking(&mut wcs, Some(Duration::from_millis(200))).unwrap();
+            let n = rcq
+                .poll_blocking(&mut wcs, Some(Duration::from_millis(200)))
+                .unwrap();
             for wc in &wcs[..n] {
                 wc.result().expect("receive ok");
                 received += 1;
@@ -321,13 +474,20 @@ fn teardown_with_work_requests_posted_is_clean() {
         while ok < 16 && t.elapsed() < Duration::from_secs(60) {
             let n = scq.poll(&mut wcs).unwrap();
             for wc in &wcs[..n] {
-                assert!(wc.is_ok(), "before teardown only successes complete: {wc:?}");
+                assert!(
+                    wc.is_ok(),
+                    "before teardown only successes complete: {wc:?}"
+                );
                 ok += 1;
             }
         }
         assert_eq!(ok, 16);
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(scq.poll(&mut wcs).unwrap(), 0, "the other 48 sends are stuck in RNR retry");
+        assert_eq!(
+            scq.poll(&mut wcs).unwrap(),
+            0,
+            "the other 48 sends are stuck in RNR retry"
+        );
         during = res::counts(&env.dev).expect("rdma resource counts");
         println!("resources while connected: {during:?}");
 
@@ -351,18 +511,24 @@ fn teardown_with_work_requests_posted_is_clean() {
         assert_eq!(flushed, 48, "they came back flushed");
         // Receives that nobody will consume, left posted on the SRQ at teardown.
         for i in 16..40u64 {
-            batch.push(i, &[rmr.sge(i as usize * 4096, 4096).unwrap()]).unwrap();
+            batch
+                .push(i, &[rmr.sge(i as usize * 4096, 4096).unwrap()])
+                .unwrap();
         }
         // SAFETY: as above.
         unsafe { srq.post_recv(&mut batch) }.unwrap();
-        assert!(srq.query().unwrap().0 >= 64, "SRQ depth at least as created");
+        assert!(
+            srq.query().unwrap().0 >= 64,
+            "SRQ depth at least as created"
+        );
         drop(sconn);
         drop(rconn);
         drop(rspec);
         drop(srq); // 24 receive work requests still posted
         drop(rmr);
         drop(smr);
-        rcq.close().expect("event-mode CQ destroyed: all events acknowledged");
+        rcq.close()
+            .expect("event-mode CQ destroyed: all events acknowledged");
         scq.close().expect("send CQ destroyed");
         drop(listener);
         drop((pd, spd, dev));
@@ -370,7 +536,10 @@ fn teardown_with_work_requests_posted_is_clean() {
     let after = res::counts(&env.dev).expect("rdma resource counts");
     println!("resources before {before:?}, after teardown {after:?}");
     for k in ["qp", "cq", "mr", "srq"] {
-        assert!(during[k] > before[k], "the leak check sees {k}s: during {during:?}");
+        assert!(
+            during[k] > before[k],
+            "the leak check sees {k}s: during {during:?}"
+        );
     }
     assert_eq!(after, before, "nothing leaked");
 }
@@ -400,10 +569,20 @@ fn connection_errors_are_typed() {
     }
     // Oversized private data is refused before anything is sent.
     let big = [0u8; 57];
-    assert!(matches!(gdrx_core::connect(dst, None, &spec, &big), Err(Error::InvalidConfig(_))));
+    assert!(matches!(
+        gdrx_core::connect(dst, None, &spec, &big),
+        Err(Error::InvalidConfig(_))
+    ));
     // An SRQ larger than the device allows names the limit.
     let caps = dev.capabilities().unwrap();
-    match Srq::new(&pd, SrqConfig { max_wr: caps.max_srq_wr + 1, max_sge: 1, limit: 0 }) {
+    match Srq::new(
+        &pd,
+        SrqConfig {
+            max_wr: caps.max_srq_wr + 1,
+            max_sge: 1,
+            limit: 0,
+        },
+    ) {
         Err(Error::InvalidConfig(m)) => assert!(m.contains("max_srq_wr"), "{m}"),
         other => panic!("expected InvalidConfig, got {other:?}"),
     }
@@ -418,7 +597,10 @@ fn a_missing_device_fails_rather_than_skips() {
         ip: "10.77.0.1".parse().unwrap(),
     };
     let r = std::panic::catch_unwind(|| env.open());
-    let msg = r.err().and_then(|p| p.downcast::<String>().ok()).expect("open() panicked");
+    let msg = r
+        .err()
+        .and_then(|p| p.downcast::<String>().ok())
+        .expect("open() panicked");
     assert!(msg.contains("gdrx_missing0"), "{msg}");
     let _ = NEEDS_RXE;
 }

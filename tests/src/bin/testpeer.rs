@@ -18,12 +18,23 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let plan: gdrx_tests::peer::Plan = serde_json::from_str(&args.plan)?;
     let report = gdrx_tests::peer::run(&plan)?;
-    let bad: Vec<_> = report.conns.iter().filter(|c| !c.errors.is_empty()).collect();
+    let bad: Vec<_> = report
+        .conns
+        .iter()
+        .filter(|c| !c.errors.is_empty())
+        .collect();
     if !bad.is_empty() {
         anyhow::bail!("unexpected send errors: {bad:?}");
     }
-    if let Some(c) = report.conns.iter().find(|c| c.oversize_rejected == Some(false)) {
-        anyhow::bail!("connection {}: the oversize message was not rejected by the receiver", c.tag);
+    if let Some(c) = report
+        .conns
+        .iter()
+        .find(|c| c.oversize_rejected == Some(false))
+    {
+        anyhow::bail!(
+            "connection {}: the oversize message was not rejected by the receiver",
+            c.tag
+        );
     }
     Ok(())
 }

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# gdrx: runs every test, installing what it needs first. This is the README's test command and
+# what CI runs (.ci/run).
+#   1. deploy/install-deps.sh (Debian packages, the 6.12 kernel image, virtme-ng; idempotent)
+#   2. cargo fmt --check, cargo clippy -D warnings, rustdoc -D warnings
+#   3. host tests: cargo test --workspace (unit tests; the rxe suite is #[ignore]d there)
+#   4. the rxe suite on real soft-RoCE in deploy/testbed.sh, twice in one boot, plus a check that
+#      it fails when told to use a missing device
+# Extra arguments are passed to the rxe suite as test-name filters.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+T0=$(date +%s)
+step() { printf '\n== [%4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
+
+step "dependencies"
+deploy/install-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, all features, -D warnings)"
+cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
+
+step "host tests: cargo test --workspace"
+cargo test --locked --workspace --all-features
+
+step "docs: cargo doc with -D warnings"
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --all-features
+
+step "building the rxe suite (release)"
+exe=$(cargo test --locked --release -p gdrx-tests --test rxe --no-run --message-format=json \
+    | python3 -c 'import sys, json
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "rxe":
+        print(m["executable"])')
+[ -x "$exe" ] || { echo "could not find the rxe suite binary"; exit 1; }
+
+step "rxe suite in the soft-RoCE testbed"
+deploy/testbed.sh -- deploy/guest/rxe-suite.sh "$exe" "$@"
+
+step "all tests passed"
