@@ -182,12 +182,14 @@ impl Device {
             max_srq_sge: attr.max_srq_sge().max(0) as u32,
             max_qp_rd_atom: attr.max_qp_rd_atom().max(0) as u32,
         };
-        Ok(Arc::new(Device {
+        let dev = Arc::new(Device {
             vendor_id: attr.vendor_id(),
             ctx,
             name,
             limits,
-        }))
+        });
+        dev.set_async_nonblocking()?;
+        Ok(dev)
     }
 
     /// The device name.
@@ -226,6 +228,15 @@ impl Device {
     /// [`Error::Verbs`] when `ibv_alloc_pd` fails.
     pub fn alloc_pd(self: &Arc<Self>) -> Result<Arc<Pd>> {
         Pd::new(self)
+    }
+
+    /// Probes whether the device can register dma-bufs, on a throw-away PD (see
+    /// [`Pd::probe_dmabuf`] for the rule).
+    ///
+    /// # Errors
+    /// [`Error::Verbs`] when the PD cannot be allocated.
+    pub fn probe_dmabuf(self: &Arc<Self>) -> Result<crate::pd::DmabufSupport> {
+        Ok(self.alloc_pd()?.probe_dmabuf())
     }
 
     /// Queries the device, its ports and their GID tables.
@@ -328,6 +339,13 @@ impl Device {
                 device: self.name.clone(),
                 port,
                 state: info.state.name(),
+                netdev: info.gids.iter().find_map(|g| g.netdev.clone()).or_else(|| {
+                    // soft-RoCE names its interface in sysfs even when the GIDs are gone.
+                    std::fs::read_to_string(format!("/sys/class/infiniband/{}/parent", self.name))
+                        .ok()
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                }),
             });
         }
         Ok(info)

@@ -43,8 +43,8 @@ pub enum Error {
 
     /// The port is not ACTIVE, so no connection can be made through it.
     #[error(
-        "port {port} of RDMA device `{device}` is {state}, not ACTIVE; bring its network \
-         interface up (`ip link set <netdev> up`) and check `rdma link show`"
+        "port {port} of RDMA device `{device}` is {state}, not ACTIVE; {}",
+        port_down_hint(.netdev)
     )]
     PortDown {
         /// Device name.
@@ -53,6 +53,8 @@ pub enum Error {
         port: u8,
         /// The state the port is in.
         state: &'static str,
+        /// The network interface the port runs over (RoCE), when known.
+        netdev: Option<String>,
     },
 
     /// A verb failed with an OS error.
@@ -274,6 +276,16 @@ impl Error {
             op,
             source: io::Error::last_os_error(),
         }
+    }
+}
+
+fn port_down_hint(netdev: &Option<String>) -> String {
+    match netdev {
+        Some(n) => format!(
+            "its network interface `{n}` is down or has no carrier: check `ip link show {n}` \
+             (cable, switch port, or the veth/bond peer) and `rdma link show`"
+        ),
+        None => "bring its network interface up and check `rdma link show`".to_owned(),
     }
 }
 

@@ -71,6 +71,7 @@ pub mod cm;
 pub mod cq;
 pub mod device;
 pub mod error;
+pub mod event;
 pub mod mem;
 pub mod mr;
 pub mod pd;
@@ -85,6 +86,7 @@ pub use device::{
     device_names, Capabilities, Device, DeviceKind, GidInfo, GidKind, PortInfo, PortState,
 };
 pub use error::{Error, MemlockLimit, PostError, Result, WcError, WcOpcode, WcStatus};
+pub use event::{AsyncEvent, ObjectId, QpEventKind};
 pub use mem::{page_size, HostMemory};
 pub use mr::{Access, Mr, MrKind};
 pub use pd::{DmabufSupport, Pd};

@@ -126,6 +126,11 @@ impl Srq {
         &self.pd
     }
 
+    /// The id async events use for this SRQ ([`crate::AsyncEvent::SrqLimitReached`]).
+    pub fn object_id(&self) -> crate::event::ObjectId {
+        crate::event::ObjectId(self.raw.as_ptr() as usize)
+    }
+
     /// Work requests the SRQ holds.
     pub fn max_wr(&self) -> u32 {
         self.max_wr
@@ -172,7 +177,8 @@ impl Srq {
     }
 
     /// Arms the low-watermark event: when fewer than `limit` work requests remain, the device
-    /// raises IBV_EVENT_SRQ_LIMIT_REACHED once (read with the device's async events).
+    /// raises [`crate::AsyncEvent::SrqLimitReached`] once (read it with
+    /// [`crate::Device::take_async_event`]); arm again to get another.
     ///
     /// # Errors
     /// [`Error::Verbs`] when `ibv_modify_srq` fails (rxe supports it).

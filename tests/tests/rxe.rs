@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use gdrx_core::wire::{Hello, Welcome};
 use gdrx_core::{
-    Access, ConnectionSpec, Cq, Device, DeviceKind, DmabufSupport, Error, GidKind, HostMemory,
-    Listener, MrKind, PortState, RecvBatch, SendBatch, SendFlags, SendOp, Srq, SrqConfig, WcStatus,
-    WorkCompletion,
+    Access, AsyncEvent, ConnectionSpec, Cq, Device, DeviceKind, DmabufSupport, Error, GidKind,
+    HostMemory, Listener, MrKind, PortState, RecvBatch, SendBatch, SendFlags, SendOp, Srq,
+    SrqConfig, WcStatus, WorkCompletion,
 };
 use gdrx_tests::peer::OpKind;
 use gdrx_tests::recv::{
@@ -412,6 +412,9 @@ fn teardown_with_work_requests_posted_is_clean() {
         }
         // SAFETY: slots lie in `rmr`, which outlives the SRQ; nothing reads them here.
         unsafe { srq.post_recv(&mut batch) }.unwrap();
+        // Low watermark: an async event once fewer than 4 receives remain.
+        srq.set_limit(4).unwrap();
+        while dev.take_async_event().unwrap().is_some() {}
         let mut listener = Listener::bind(std::net::SocketAddr::new(env.ip, 0), 8).unwrap();
         let server = listener.local_addr();
 
@@ -469,6 +472,15 @@ fn teardown_with_work_requests_posted_is_clean() {
             }
         }
         assert_eq!(received, 16, "the 16 posted receives were consumed");
+        let ev = dev.wait_async_event(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(
+            ev,
+            Some(AsyncEvent::SrqLimitReached {
+                srq: srq.object_id()
+            }),
+            "the SRQ's low-watermark event"
+        );
+        println!("async event after draining the SRQ: {}", ev.unwrap());
         let mut ok = 0;
         let t = Instant::now();
         while ok < 16 && t.elapsed() < Duration::from_secs(60) {
@@ -603,4 +615,180 @@ fn a_missing_device_fails_rather_than_skips() {
         .expect("open() panicked");
     assert!(msg.contains("gdrx_missing0"), "{msg}");
     let _ = NEEDS_RXE;
+}
+
+/// Removes CAP_IPC_LOCK from this thread's effective set (root bypasses RLIMIT_MEMLOCK with it)
+/// and lowers RLIMIT_MEMLOCK; restores both on drop.
+struct MemlockSqueeze {
+    caps: [u32; 6],
+    rlimit: libc::rlimit,
+}
+
+const CAP_IPC_LOCK: u32 = 14;
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+fn capget() -> [u32; 6] {
+    let mut hdr = [LINUX_CAPABILITY_VERSION_3, 0u32];
+    let mut data = [0u32; 6];
+    // SAFETY: capget with a v3 header and room for two data structs.
+    let r = unsafe { libc::syscall(libc::SYS_capget, hdr.as_mut_ptr(), data.as_mut_ptr()) };
+    assert_eq!(r, 0, "capget: {}", std::io::Error::last_os_error());
+    data
+}
+
+fn capset(data: &[u32; 6]) {
+    let mut hdr = [LINUX_CAPABILITY_VERSION_3, 0u32];
+    // SAFETY: capset on the calling thread (pid 0) with a v3 header and two data structs.
+    let r = unsafe { libc::syscall(libc::SYS_capset, hdr.as_mut_ptr(), data.as_ptr()) };
+    assert_eq!(r, 0, "capset: {}", std::io::Error::last_os_error());
+}
+
+impl MemlockSqueeze {
+    fn new(limit: u64) -> MemlockSqueeze {
+        let caps = capget();
+        let mut lowered = caps;
+        lowered[0] &= !(1 << CAP_IPC_LOCK); // effective set of the first 32 capabilities
+        capset(&lowered);
+        let mut rlimit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        assert_eq!(
+            // SAFETY: valid out-pointer.
+            unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rlimit) },
+            0
+        );
+        let new = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: rlimit.rlim_max,
+        };
+        // SAFETY: valid rlimit; lowering the soft limit is always allowed.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &new) }, 0);
+        MemlockSqueeze { caps, rlimit }
+    }
+}
+
+impl Drop for MemlockSqueeze {
+    fn drop(&mut self) {
+        // SAFETY: restoring the limit read before (the hard limit never changed).
+        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &self.rlimit) };
+        capset(&self.caps);
+    }
+}
+
+#[test]
+#[ignore = "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)"]
+fn memlock_limit_is_named_when_pinning_fails() {
+    let env = env();
+    let dev = env.open();
+    let pd = dev.alloc_pd().unwrap();
+    let mem = Arc::new(HostMemory::new(4 << 20).unwrap());
+    {
+        let _squeeze = MemlockSqueeze::new(64 << 10);
+        match pd.register(Arc::clone(&mem), Access::recv()) {
+            Err(e @ Error::MemoryLock { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("RLIMIT_MEMLOCK is soft 64 KiB") && msg.contains("ulimit -l"),
+                    "{msg}"
+                );
+                assert_eq!(e.raw_os_error(), Some(libc::ENOMEM));
+                println!("typed error: {msg}");
+            }
+            other => panic!("expected Error::MemoryLock, got {other:?}"),
+        }
+    }
+    let mr = pd
+        .register(mem, Access::recv())
+        .expect("registers once the limit is restored");
+    assert_eq!(mr.len(), 4 << 20);
+}
+
+/// Brings the veth peer of the rxe interface down (the rxe port loses carrier) and back up.
+struct CarrierOff(String);
+
+impl CarrierOff {
+    fn new(peer: &str) -> CarrierOff {
+        let st = std::process::Command::new("ip")
+            .args(["link", "set", peer, "down"])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip link set {peer} down");
+        CarrierOff(peer.to_owned())
+    }
+}
+
+impl Drop for CarrierOff {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "set", &self.0, "up"])
+            .status();
+    }
+}
+
+/// The other end of a veth interface, from sysfs.
+fn veth_peer(netdev: &str) -> String {
+    let iflink = std::fs::read_to_string(format!("/sys/class/net/{netdev}/iflink")).unwrap();
+    for e in std::fs::read_dir("/sys/class/net").unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        let idx =
+            std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex")).unwrap_or_default();
+        if idx.trim() == iflink.trim() && name != netdev {
+            return name;
+        }
+    }
+    panic!("{netdev} is not a veth interface with a peer (the testbed uses one)");
+}
+
+#[test]
+#[ignore = "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)"]
+fn port_down_is_an_event_and_a_typed_error() {
+    let env = env();
+    let dev = env.open();
+    let port = dev.require_active_port(1).unwrap();
+    let netdev = port
+        .select_roce_v2_gid(Some(env.ip))
+        .and_then(|g| g.netdev.clone())
+        .expect("the GID names its network interface");
+    let peer = veth_peer(&netdev);
+    while dev.take_async_event().unwrap().is_some() {}
+    {
+        let _off = CarrierOff::new(&peer);
+        let mut seen = None;
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            match dev.wait_async_event(Some(Duration::from_secs(1))).unwrap() {
+                Some(AsyncEvent::PortError { port }) => {
+                    seen = Some(port);
+                    break;
+                }
+                Some(other) => println!("(async event {other})"),
+                None => {}
+            }
+        }
+        assert_eq!(seen, Some(1), "PORT_ERR async event after {peer} went down");
+        match dev.require_active_port(1) {
+            Err(e @ Error::PortDown { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&format!("`{netdev}`")),
+                    "names the interface: {msg}"
+                );
+                println!("typed error: {msg}");
+            }
+            other => panic!("expected PortDown, got {other:?}"),
+        }
+    }
+    let t = Instant::now();
+    let mut active = false;
+    while t.elapsed() < Duration::from_secs(20) && !active {
+        if let Some(AsyncEvent::PortActive { port: 1 }) =
+            dev.wait_async_event(Some(Duration::from_secs(1))).unwrap()
+        {
+            active = true;
+        }
+    }
+    assert!(active, "PORT_ACTIVE async event after {peer} came back");
+    assert_eq!(dev.require_active_port(1).unwrap().state, PortState::Active);
+    println!("{peer} down: PortError event + typed PortDown; up again: PortActive");
 }
