@@ -38,45 +38,30 @@ mod tests {
         Cmd::command().debug_assert();
     }
 
+    fn loopback(extra: &[&str]) -> Result<loopback::Args, clap::Error> {
+        let base = ["gdrx-bench", "loopback", "--dev", "d", "--ip", "10.0.0.1"];
+        let Cmd::Loopback(a) = Cmd::try_parse_from(base.iter().chain(extra))?;
+        Ok(a)
+    }
+
     #[test]
     fn loopback_defaults_and_sweep() {
-        let Cmd::Loopback(a) = Cmd::parse_from([
-            "gdrx-bench",
-            "loopback",
-            "--dev",
-            "rxe0",
-            "--ip",
-            "10.77.0.1",
-        ]);
-        assert_eq!(a.sizes(), vec![65536]);
-        let Cmd::Loopback(a) = Cmd::parse_from([
-            "gdrx-bench",
-            "loopback",
-            "--dev",
-            "d",
-            "--ip",
-            "10.0.0.1",
-            "-a",
-            "--max-size",
-            "8192",
-        ]);
+        assert_eq!(loopback(&[]).unwrap().sizes(), vec![65536]);
         assert_eq!(
-            a.sizes(),
+            loopback(&["-a", "--max-size", "8192"]).unwrap().sizes(),
             vec![2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
         );
         assert!(
-            Cmd::try_parse_from(["gdrx-bench", "loopback", "--dev", "d", "--ip", "nope"]).is_err()
+            loopback(&["--ip", "nope"]).is_err(),
+            "a malformed IP is refused"
         );
-        let Cmd::Loopback(a) = Cmd::parse_from([
-            "gdrx-bench",
-            "loopback",
-            "--dev",
-            "d",
-            "--ip",
-            "10.0.0.1",
-            "-s",
-            "0",
-        ]);
-        assert!(a.validate().is_err(), "size 0 is refused");
+        assert!(
+            loopback(&["-s", "0"]).unwrap().validate().is_err(),
+            "size 0 is refused"
+        );
+        assert!(
+            loopback(&["-n", "0"]).unwrap().validate().is_err(),
+            "0 iterations are refused"
+        );
     }
 }

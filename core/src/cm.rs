@@ -32,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::pd::Pd;
 use crate::qp::{QpConfig, QueuePair};
 use crate::srq::Srq;
+use crate::sys::{set_nonblocking, wait_readable};
 
 /// Most private data a connect request carries (RDMA CM, TCP port space).
 pub const MAX_CONNECT_PRIVATE_DATA: usize = 56;
@@ -102,6 +103,16 @@ impl ConnectionSpec {
         Ok(())
     }
 
+    fn create_qp(&self) -> Result<QueuePair> {
+        QueuePair::new_rc(
+            &self.pd,
+            &self.send_cq,
+            &self.recv_cq,
+            self.srq.as_ref(),
+            self.qp,
+        )
+    }
+
     fn rd_atomic(&self) -> u8 {
         let max = self.pd.device().limits().max_qp_rd_atom.min(u8::MAX as u32) as u8;
         self.rd_atomic.min(max)
@@ -140,13 +151,7 @@ impl EventChannel {
             }
         })?;
         let ch = EventChannel { raw };
-        let fd = ch.fd();
-        // SAFETY: fcntl on an fd we own.
-        let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        // SAFETY: as above.
-        if fl < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0 {
-            return Err(Error::os("fcntl(O_NONBLOCK) on the RDMA CM event channel"));
-        }
+        set_nonblocking(ch.fd(), "fcntl(O_NONBLOCK) on the RDMA CM event channel")?;
         Ok(ch)
     }
 
@@ -176,23 +181,14 @@ impl EventChannel {
                     hint: None,
                 });
             }
-            let ms = match deadline {
-                None => -1,
+            let wait = match deadline {
+                None => None,
                 Some(d) => match d.checked_duration_since(Instant::now()) {
                     None => return Ok(None),
-                    Some(left) => left.as_millis().clamp(1, i32::MAX as u128) as i32,
+                    Some(left) => Some(left.max(Duration::from_millis(1))),
                 },
             };
-            let mut pfd = libc::pollfd {
-                fd: self.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-            if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                return Err(Error::os("poll(RDMA CM event channel)"));
-            }
+            wait_readable(self.fd(), wait, "poll(RDMA CM event channel)")?;
         }
     }
 }
@@ -792,13 +788,7 @@ impl ConnectRequest {
             let _ = self.reject(b"");
             return Err(e);
         }
-        let qp = QueuePair::new_rc(
-            &spec.pd,
-            &spec.send_cq,
-            &spec.recv_cq,
-            spec.srq.as_ref(),
-            spec.qp,
-        )?;
+        let qp = spec.create_qp()?;
         let ours = spec.rd_atomic();
         let resp = self.initiator_depth.min(ours);
         let init = self.responder_resources.min(ours);
@@ -906,13 +896,7 @@ pub fn connect(
         spec.timeout,
     )?);
     check_device(&id, spec, &peer)?;
-    let qp = QueuePair::new_rc(
-        &spec.pd,
-        &spec.send_cq,
-        &spec.recv_cq,
-        spec.srq.as_ref(),
-        spec.qp,
-    )?;
+    let qp = spec.create_qp()?;
     to_init(&id, &qp)?;
     let rd = spec.rd_atomic();
     let mut p = conn_param(spec, &qp, private_data, rd, rd);

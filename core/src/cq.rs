@@ -25,6 +25,7 @@ use rdma_mummy_sys::{ibv_comp_channel, ibv_cq, ibv_wc, ibv_wc_flags};
 
 use crate::device::Device;
 use crate::error::{Error, Result, WcError, WcOpcode, WcStatus};
+use crate::sys::{set_nonblocking, wait_readable};
 
 /// Events are acknowledged once this many have been read (ibv_ack_cq_events takes a mutex).
 const ACK_BATCH: u32 = 64;
@@ -148,13 +149,7 @@ impl CompChannel {
         };
         // Non-blocking, so that reading the event after poll(2) never blocks and a spurious
         // wake-up is harmless.
-        let fd = ch.fd();
-        // SAFETY: fcntl on an fd we own.
-        let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        // SAFETY: as above.
-        if fl < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0 {
-            return Err(Error::os("fcntl(O_NONBLOCK) on the completion channel"));
-        }
+        set_nonblocking(ch.fd(), "fcntl(O_NONBLOCK) on the completion channel")?;
         Ok(ch)
     }
 
@@ -386,25 +381,7 @@ impl Cq {
         if self.take_event()? {
             return Ok(true);
         }
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
-        // SAFETY: one valid pollfd.
-        let ret = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if ret < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                return Ok(false);
-            }
-            return Err(Error::Os {
-                op: "poll(completion channel)",
-                source: e,
-            });
-        }
-        if ret == 0 {
+        if !wait_readable(fd, timeout, "poll(completion channel)")? {
             return Ok(false);
         }
         self.take_event()

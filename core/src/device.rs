@@ -14,6 +14,7 @@ use sideway::ibverbs::device_context::{DeviceContext, LinkLayer, Mtu, PortState 
 
 use crate::error::{Error, Result};
 use crate::pd::Pd;
+use crate::sys::sideway_io;
 
 /// The soft-RoCE (rxe) driver reports this vendor id.
 const RXE_VENDOR_ID: u32 = 0x00FF_FFFF;
@@ -33,10 +34,10 @@ fn device_list() -> Result<DeviceList> {
     match DeviceList::new() {
         Ok(l) => Ok(l),
         Err(e) => {
-            let io = match e.0 {
-                sideway::ibverbs::device::GetDeviceListErrorKind::Ibverbs(io) => io,
-                other => std::io::Error::other(other.to_string()),
-            };
+            let io = sideway_io!(
+                e.0,
+                sideway::ibverbs::device::GetDeviceListErrorKind::Ibverbs
+            );
             let (reason, hint) = match io.raw_os_error() {
                 Some(libc::EOPNOTSUPP) => (
                     "libibverbs.so.1 could not be loaded".to_owned(),
@@ -161,17 +162,14 @@ impl Device {
         name: String,
     ) -> Result<Arc<Device>> {
         let ctx = dev.open().map_err(|e| {
-            let io = match e.0 {
-                sideway::ibverbs::device::OpenDeviceErrorKind::Ibverbs(io) => io,
-                other => std::io::Error::other(other.to_string()),
-            };
+            let io = sideway_io!(e.0, sideway::ibverbs::device::OpenDeviceErrorKind::Ibverbs);
             Error::verb("ibv_open_device", &name, io)
         })?;
         let attr = ctx.query_device().map_err(|e| {
-            let io = match e.0 {
-                sideway::ibverbs::device_context::QueryDeviceErrorKind::Ibverbs(io) => io,
-                other => std::io::Error::other(other.to_string()),
-            };
+            let io = sideway_io!(
+                e.0,
+                sideway::ibverbs::device_context::QueryDeviceErrorKind::Ibverbs
+            );
             Error::verb("ibv_query_device_ex", &name, io)
         })?;
         let limits = Limits {
@@ -245,10 +243,10 @@ impl Device {
     /// [`Error::Verbs`] when a query verb fails.
     pub fn capabilities(&self) -> Result<Capabilities> {
         let a = self.ctx.query_device().map_err(|e| {
-            let io = match e.0 {
-                sideway::ibverbs::device_context::QueryDeviceErrorKind::Ibverbs(io) => io,
-                other => std::io::Error::other(other.to_string()),
-            };
+            let io = sideway_io!(
+                e.0,
+                sideway::ibverbs::device_context::QueryDeviceErrorKind::Ibverbs
+            );
             Error::verb("ibv_query_device_ex", &self.name, io)
         })?;
         let mut ports = Vec::new();
@@ -283,10 +281,10 @@ impl Device {
     /// [`Error::Verbs`] when a query verb fails.
     pub fn port(&self, port: u8) -> Result<PortInfo> {
         let pa = self.ctx.query_port(port).map_err(|e| {
-            let io = match e.source {
-                sideway::ibverbs::device_context::QueryPortErrorKind::Ibverbs(io) => io,
-                other => std::io::Error::other(other.to_string()),
-            };
+            let io = sideway_io!(
+                e.source,
+                sideway::ibverbs::device_context::QueryPortErrorKind::Ibverbs
+            );
             Error::verb("ibv_query_port", &self.name, io)
         })?;
         let gids = match self.ctx.query_gid_table() {

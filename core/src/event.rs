@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::sys::{set_nonblocking, wait_readable};
 
 /// Identifies a verbs object (an SRQ) an event refers to; compare with [`crate::Srq::object_id`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -139,14 +140,10 @@ impl Device {
     }
 
     pub(crate) fn set_async_nonblocking(&self) -> Result<()> {
-        let fd = self.async_event_fd();
-        // SAFETY: fcntl on the context's fd, which we own through the context.
-        let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        // SAFETY: as above.
-        if fl < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0 {
-            return Err(Error::os("fcntl(O_NONBLOCK) on the async event fd"));
-        }
-        Ok(())
+        set_nonblocking(
+            self.async_event_fd(),
+            "fcntl(O_NONBLOCK) on the async event fd",
+        )
     }
 
     /// Reads and acknowledges one pending async event, without blocking.
@@ -214,16 +211,8 @@ impl Device {
         if let Some(e) = self.take_async_event()? {
             return Ok(Some(e));
         }
-        let mut pfd = libc::pollfd {
-            fd: self.async_event_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
-        // SAFETY: one valid pollfd.
-        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return Err(Error::os("poll(async event fd)"));
+        if !wait_readable(self.async_event_fd(), timeout, "poll(async event fd)")? {
+            return Ok(None);
         }
         self.take_async_event()
     }

@@ -77,6 +77,7 @@ pub mod mr;
 pub mod pd;
 pub mod qp;
 pub mod srq;
+mod sys;
 pub mod wire;
 pub mod wr;
 

@@ -23,6 +23,7 @@ use crate::device::Device;
 use crate::error::{Error, MemlockLimit, Result};
 use crate::mem::HostMemory;
 use crate::mr::{Access, Mr, MrKind};
+use crate::sys::sideway_io;
 
 /// A protection domain.
 pub struct Pd {
@@ -79,12 +80,10 @@ impl fmt::Display for DmabufSupport {
 impl Pd {
     pub(crate) fn new(device: &Arc<Device>) -> Result<Arc<Pd>> {
         let inner = device.context().alloc_pd().map_err(|e| {
-            let io = match e.0 {
-                sideway::ibverbs::device_context::AllocateProtectionDomainErrorKind::Ibverbs(
-                    io,
-                ) => io,
-                other => std::io::Error::other(other.to_string()),
-            };
+            let io = sideway_io!(
+                e.0,
+                sideway::ibverbs::device_context::AllocateProtectionDomainErrorKind::Ibverbs
+            );
             Error::verb("ibv_alloc_pd", device.name(), io)
         })?;
         Ok(Arc::new(Pd {
@@ -241,10 +240,7 @@ impl Pd {
         e: sideway::ibverbs::memory_region::RegisterMemoryRegionError,
     ) -> Error {
         use sideway::ibverbs::memory_region::RegisterMemoryRegionErrorKind as K;
-        let io = match e.0 {
-            K::Ibverbs(io) => io,
-            other => io::Error::other(other.to_string()),
-        };
+        let io = sideway_io!(e.0, K::Ibverbs);
         if io.raw_os_error() == Some(libc::ENOMEM) {
             if let Some(limit) = MemlockLimit::current() {
                 return Error::MemoryLock {

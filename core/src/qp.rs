@@ -11,13 +11,13 @@ use std::sync::Arc;
 
 use rdma_mummy_sys::{
     ibv_qp, ibv_qp_attr, ibv_qp_attr_mask, ibv_qp_cap, ibv_qp_init_attr, ibv_qp_state, ibv_qp_type,
-    ibv_recv_wr, ibv_send_wr,
 };
 
 use crate::cq::Cq;
 use crate::error::{Error, PostError, Result};
 use crate::pd::Pd;
 use crate::srq::Srq;
+use crate::sys::check_limit;
 use crate::wr::{RecvBatch, SendBatch};
 
 /// Queue sizes of a QP.
@@ -155,38 +155,37 @@ impl QueuePair {
                 return Err(Error::InvalidConfig("SRQ belongs to another PD".into()));
             }
         }
-        if cfg.max_send_wr == 0 || cfg.max_send_wr > lim.max_qp_wr {
-            return Err(Error::InvalidConfig(format!(
-                "send queue depth {}: `{}` allows 1..={} (max_qp_wr)",
-                cfg.max_send_wr,
-                dev.name(),
-                lim.max_qp_wr
-            )));
-        }
-        if cfg.max_send_sge == 0 || cfg.max_send_sge > lim.max_sge {
-            return Err(Error::InvalidConfig(format!(
-                "{} send SGEs: `{}` allows 1..={} (max_sge)",
-                cfg.max_send_sge,
-                dev.name(),
-                lim.max_sge
-            )));
-        }
+        check_limit(
+            "send queue depth",
+            cfg.max_send_wr,
+            lim.max_qp_wr,
+            "max_qp_wr",
+            dev.name(),
+        )?;
+        check_limit(
+            "send SGEs",
+            cfg.max_send_sge,
+            lim.max_sge,
+            "max_sge",
+            dev.name(),
+        )?;
         let (max_recv_wr, max_recv_sge) = if srq.is_some() {
             (0, 0)
         } else {
-            if cfg.max_recv_wr == 0
-                || cfg.max_recv_wr > lim.max_qp_wr
-                || cfg.max_recv_sge > lim.max_sge
-            {
-                return Err(Error::InvalidConfig(format!(
-                    "receive queue {} x {} SGEs: `{}` allows depth 1..={}, SGEs 1..={}",
-                    cfg.max_recv_wr,
-                    cfg.max_recv_sge,
-                    dev.name(),
-                    lim.max_qp_wr,
-                    lim.max_sge
-                )));
-            }
+            check_limit(
+                "receive queue depth",
+                cfg.max_recv_wr,
+                lim.max_qp_wr,
+                "max_qp_wr",
+                dev.name(),
+            )?;
+            check_limit(
+                "receive SGEs",
+                cfg.max_recv_sge.max(1),
+                lim.max_sge,
+                "max_sge",
+                dev.name(),
+            )?;
             (cfg.max_recv_wr, cfg.max_recv_sge.max(1))
         };
         let mut init = ibv_qp_init_attr {
@@ -335,24 +334,13 @@ impl QueuePair {
     /// # Errors
     /// [`PostError`] (no allocation) when the provider refuses a work request.
     pub unsafe fn post_send(&self, batch: &mut SendBatch) -> Result<(), PostError> {
-        let head = batch.chain();
-        if head.is_null() {
-            return Ok(());
+        // SAFETY: ibv_post_send on our live QP with the batch's well-formed chain; the memory
+        // obligations are the caller's.
+        unsafe {
+            batch.post("ibv_post_send", |head, bad| {
+                rdma_mummy_sys::ibv_post_send(self.raw.as_ptr(), head, bad)
+            })
         }
-        let mut bad: *mut ibv_send_wr = ptr::null_mut();
-        // SAFETY: well-formed chain into the batch; memory obligations are the caller's.
-        let ret = unsafe { rdma_mummy_sys::ibv_post_send(self.raw.as_ptr(), head, &mut bad) };
-        let accepted = batch.unchain(if ret == 0 { ptr::null() } else { bad });
-        if ret == 0 {
-            batch.clear();
-            return Ok(());
-        }
-        batch.consume_front(accepted);
-        Err(PostError {
-            verb: "ibv_post_send",
-            posted: accepted,
-            errno: ret.abs(),
-        })
     }
 
     /// Posts receive work requests to the QP's own receive queue (QPs without an SRQ).
@@ -370,24 +358,13 @@ impl QueuePair {
                 errno: libc::EINVAL,
             });
         }
-        let head = batch.chain();
-        if head.is_null() {
-            return Ok(());
+        // SAFETY: ibv_post_recv on our live QP with the batch's well-formed chain; the memory
+        // obligations are the caller's.
+        unsafe {
+            batch.post("ibv_post_recv", |head, bad| {
+                rdma_mummy_sys::ibv_post_recv(self.raw.as_ptr(), head, bad)
+            })
         }
-        let mut bad: *mut ibv_recv_wr = ptr::null_mut();
-        // SAFETY: well-formed chain; memory obligations are the caller's.
-        let ret = unsafe { rdma_mummy_sys::ibv_post_recv(self.raw.as_ptr(), head, &mut bad) };
-        let accepted = batch.unchain(if ret == 0 { ptr::null() } else { bad });
-        if ret == 0 {
-            batch.clear();
-            return Ok(());
-        }
-        batch.consume_front(accepted);
-        Err(PostError {
-            verb: "ibv_post_recv",
-            posted: accepted,
-            errno: ret.abs(),
-        })
     }
 }
 

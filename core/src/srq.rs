@@ -13,10 +13,11 @@ use std::fmt;
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
 
-use rdma_mummy_sys::{ibv_recv_wr, ibv_srq, ibv_srq_attr, ibv_srq_attr_mask, ibv_srq_init_attr};
+use rdma_mummy_sys::{ibv_srq, ibv_srq_attr, ibv_srq_attr_mask, ibv_srq_init_attr};
 
 use crate::error::{Error, PostError, Result};
 use crate::pd::Pd;
+use crate::sys::check_limit;
 use crate::wr::RecvBatch;
 
 /// SRQ sizing.
@@ -74,22 +75,20 @@ impl Srq {
     pub fn new(pd: &Arc<Pd>, cfg: SrqConfig) -> Result<Arc<Srq>> {
         let dev = pd.device();
         let lim = dev.limits();
-        if cfg.max_wr == 0 || cfg.max_wr > lim.max_srq_wr {
-            return Err(Error::InvalidConfig(format!(
-                "SRQ depth {}: `{}` allows 1..={} (max_srq_wr)",
-                cfg.max_wr,
-                dev.name(),
-                lim.max_srq_wr
-            )));
-        }
-        if cfg.max_sge == 0 || cfg.max_sge > lim.max_srq_sge {
-            return Err(Error::InvalidConfig(format!(
-                "{} SGEs per SRQ work request: `{}` allows 1..={} (max_srq_sge)",
-                cfg.max_sge,
-                dev.name(),
-                lim.max_srq_sge
-            )));
-        }
+        check_limit(
+            "SRQ depth",
+            cfg.max_wr,
+            lim.max_srq_wr,
+            "max_srq_wr",
+            dev.name(),
+        )?;
+        check_limit(
+            "SGEs per SRQ work request",
+            cfg.max_sge,
+            lim.max_srq_sge,
+            "max_srq_sge",
+            dev.name(),
+        )?;
         if cfg.limit >= cfg.max_wr {
             return Err(Error::InvalidConfig(format!(
                 "SRQ limit {} must be below its depth {}",
@@ -155,25 +154,13 @@ impl Srq {
     /// [`PostError`] (no allocation) when the provider refuses a work request: queue full
     /// (ENOMEM), or too many SGEs (EINVAL).
     pub unsafe fn post_recv(&self, batch: &mut RecvBatch) -> Result<(), PostError> {
-        let head = batch.chain();
-        if head.is_null() {
-            return Ok(());
-        }
-        let mut bad: *mut ibv_recv_wr = ptr::null_mut();
-        // SAFETY: `head` is a well-formed chain into `batch`'s buffers, alive for the call; the
+        // SAFETY: ibv_post_srq_recv on our live SRQ with the batch's well-formed chain; the
         // memory obligations are the caller's.
-        let ret = unsafe { rdma_mummy_sys::ibv_post_srq_recv(self.raw(), head, &mut bad) };
-        let accepted = batch.unchain(if ret == 0 { ptr::null() } else { bad });
-        if ret == 0 {
-            batch.clear();
-            return Ok(());
+        unsafe {
+            batch.post("ibv_post_srq_recv", |head, bad| {
+                rdma_mummy_sys::ibv_post_srq_recv(self.raw(), head, bad)
+            })
         }
-        batch.consume_front(accepted);
-        Err(PostError {
-            verb: "ibv_post_srq_recv",
-            posted: accepted,
-            errno: ret.abs(),
-        })
     }
 
     /// Arms the low-watermark event: when fewer than `limit` work requests remain, the device

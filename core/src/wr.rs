@@ -8,6 +8,8 @@
 use std::fmt;
 use std::ptr;
 
+use crate::error::PostError;
+
 use rdma_mummy_sys::{
     ibv_recv_wr, ibv_send_flags, ibv_send_wr, ibv_sge, ibv_wr_opcode,
     imm_data_invalidated_rkey_union_t, qp_type_t, rdma_t, wr_t, xrc_t,
@@ -47,32 +49,40 @@ pub struct BatchFull {
     pub sges: usize,
 }
 
-/// A reusable chain of receive work requests.
-pub struct RecvBatch {
-    wrs: Vec<ibv_recv_wr>,
+/// A work request struct that links to the next one and points at its SGEs.
+pub(crate) trait Linked: Sized {
+    /// The SGE list pointer and the next pointer.
+    fn link(&mut self) -> (&mut *mut ibv_sge, &mut *mut Self);
+}
+
+impl Linked for ibv_recv_wr {
+    fn link(&mut self) -> (&mut *mut ibv_sge, &mut *mut Self) {
+        (&mut self.sg_list, &mut self.next)
+    }
+}
+
+impl Linked for ibv_send_wr {
+    fn link(&mut self) -> (&mut *mut ibv_sge, &mut *mut Self) {
+        (&mut self.sg_list, &mut self.next)
+    }
+}
+
+/// Fixed-capacity storage for a chain of work requests and their SGEs.
+///
+/// Between posts, each work request's `sg_list` holds the *index* of its first SGE and `next` is
+/// null, so the batch can move freely; [`Chain::post`] turns indices into pointers for the one
+/// `ibv_post_*` call and back afterwards. Capacity never grows, so no allocation happens after
+/// construction.
+struct Chain<W> {
+    wrs: Vec<W>,
     sges: Vec<Sge>,
     wr_cap: usize,
     sge_cap: usize,
 }
 
-// SAFETY: the raw pointers inside the work requests point only into this batch's own heap
-// buffers (which never reallocate: capacity is fixed), so the batch can move between threads.
-unsafe impl Send for RecvBatch {}
-
-impl fmt::Debug for RecvBatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RecvBatch")
-            .field("len", &self.wrs.len())
-            .field("sges", &self.sges.len())
-            .field("wr_capacity", &self.wr_cap)
-            .finish()
-    }
-}
-
-impl RecvBatch {
-    /// A batch for up to `wrs` work requests carrying up to `sges` SGEs in total.
-    pub fn with_capacity(wrs: usize, sges: usize) -> RecvBatch {
-        RecvBatch {
+impl<W: Linked> Chain<W> {
+    fn with_capacity(wrs: usize, sges: usize) -> Self {
+        Chain {
             wrs: Vec::with_capacity(wrs),
             sges: Vec::with_capacity(sges),
             wr_cap: wrs,
@@ -80,12 +90,12 @@ impl RecvBatch {
         }
     }
 
-    /// Appends a work request with id `wr_id` scattering into `sges` (1..N entries, N at most the
-    /// queue's `max_sge`).
-    ///
-    /// # Errors
-    /// [`BatchFull`] when the batch has no room for it.
-    pub fn push(&mut self, wr_id: u64, sges: &[Sge]) -> Result<(), BatchFull> {
+    /// Appends `sges`, then the work request `make` builds from the index of its first SGE.
+    fn push(
+        &mut self,
+        sges: &[Sge],
+        make: impl FnOnce(*mut ibv_sge) -> W,
+    ) -> Result<(), BatchFull> {
         if self.wrs.len() == self.wr_cap || self.sges.len() + sges.len() > self.sge_cap {
             return Err(BatchFull {
                 wrs: self.wr_cap,
@@ -94,60 +104,32 @@ impl RecvBatch {
         }
         let start = self.sges.len();
         self.sges.extend_from_slice(sges);
-        self.wrs.push(ibv_recv_wr {
-            wr_id,
-            next: ptr::null_mut(),
-            // Pointers are fixed up by `chain` right before posting.
-            sg_list: start as *mut ibv_sge,
-            num_sge: sges.len() as i32,
-        });
+        self.wrs.push(make(start as *mut ibv_sge));
         Ok(())
     }
 
-    /// Number of work requests in the batch.
-    pub fn len(&self) -> usize {
-        self.wrs.len()
-    }
-
-    /// True when the batch holds no work request.
-    pub fn is_empty(&self) -> bool {
-        self.wrs.is_empty()
-    }
-
-    /// True when no further work request fits.
-    pub fn is_full(&self) -> bool {
-        self.wrs.len() == self.wr_cap
-    }
-
-    /// The id of work request `i`.
-    pub fn wr_id(&self, i: usize) -> u64 {
-        self.wrs[i].wr_id
-    }
-
-    /// Empties the batch, keeping its buffers.
-    pub fn clear(&mut self) {
+    fn clear(&mut self) {
         self.wrs.clear();
         self.sges.clear();
     }
 
-    /// Drops the first `n` work requests (the ones a partial post accepted), keeping the rest.
-    pub fn consume_front(&mut self, n: usize) {
+    /// Drops the first `n` work requests and their SGEs, keeping the rest (in index form).
+    fn consume_front(&mut self, n: usize) {
         if n >= self.wrs.len() {
             self.clear();
             return;
         }
-        let sge_start = self.wrs[n].sg_list as usize;
+        let sge_start = *self.wrs[n].link().0 as usize;
         self.wrs.drain(..n);
         self.sges.drain(..sge_start);
         for wr in &mut self.wrs {
-            wr.sg_list = (wr.sg_list as usize - sge_start) as *mut ibv_sge;
+            let sg = wr.link().0;
+            *sg = (*sg as usize - sge_start) as *mut ibv_sge;
         }
     }
 
-    /// Links the work requests and resolves SGE pointers; returns the head, or null when empty.
-    /// The returned pointers are valid until the batch is next modified. `unchain` must be called
-    /// after the post to restore the index form.
-    pub(crate) fn chain(&mut self) -> *mut ibv_recv_wr {
+    /// Links the work requests and resolves SGE pointers; returns the head (null when empty).
+    fn chain(&mut self) -> *mut W {
         let n = self.wrs.len();
         if n == 0 {
             return ptr::null_mut();
@@ -155,12 +137,11 @@ impl RecvBatch {
         let sge_base = self.sges.as_mut_ptr().cast::<ibv_sge>();
         let wr_base = self.wrs.as_mut_ptr();
         for i in 0..n {
-            let wr = &mut self.wrs[i];
-            // SAFETY: the stored index is < sges.len() (push checked it), so the pointer is in
-            // bounds of the SGE buffer.
-            wr.sg_list = unsafe { sge_base.add(wr.sg_list as usize) };
-            wr.next = if i + 1 < n {
-                // SAFETY: i + 1 < n, in bounds of the WR buffer.
+            let (sg, next) = self.wrs[i].link();
+            // SAFETY: the stored index is within the SGE buffer (push checked it).
+            *sg = unsafe { sge_base.add(*sg as usize) };
+            *next = if i + 1 < n {
+                // SAFETY: i + 1 < n: in bounds of the WR buffer.
                 unsafe { wr_base.add(i + 1) }
             } else {
                 ptr::null_mut()
@@ -169,21 +150,142 @@ impl RecvBatch {
         wr_base
     }
 
-    /// Converts pointers back to indices after a post; returns the index of `bad`, or `len()` when
-    /// `bad` is null.
-    pub(crate) fn unchain(&mut self, bad: *const ibv_recv_wr) -> usize {
+    /// Back to index form after a post; returns the index of `bad` (`len()` for null).
+    fn unchain(&mut self, bad: *const W) -> usize {
         let sge_base = self.sges.as_ptr() as usize;
         let wr_base = self.wrs.as_ptr() as usize;
         for wr in &mut self.wrs {
-            wr.sg_list =
-                ((wr.sg_list as usize - sge_base) / std::mem::size_of::<Sge>()) as *mut ibv_sge;
-            wr.next = ptr::null_mut();
+            let (sg, next) = wr.link();
+            *sg = ((*sg as usize - sge_base) / std::mem::size_of::<Sge>()) as *mut ibv_sge;
+            *next = ptr::null_mut();
         }
         if bad.is_null() {
             self.wrs.len()
         } else {
-            (bad as usize - wr_base) / std::mem::size_of::<ibv_recv_wr>()
+            (bad as usize - wr_base) / std::mem::size_of::<W>()
         }
+    }
+
+    /// Posts the whole chain with `post(head, &mut bad) -> ret` (an `ibv_post_*` call). On
+    /// success the chain is emptied; on failure the accepted work requests are removed and the
+    /// error says how many there were.
+    ///
+    /// # Safety
+    /// `post` must be the matching `ibv_post_*` verb on a live queue; the memory obligations of
+    /// that verb are the caller's.
+    unsafe fn post(
+        &mut self,
+        verb: &'static str,
+        post: impl FnOnce(*mut W, *mut *mut W) -> i32,
+    ) -> Result<(), PostError> {
+        let head = self.chain();
+        if head.is_null() {
+            return Ok(());
+        }
+        let mut bad: *mut W = ptr::null_mut();
+        let ret = post(head, &mut bad);
+        let accepted = self.unchain(if ret == 0 { ptr::null() } else { bad });
+        if ret == 0 {
+            self.clear();
+            return Ok(());
+        }
+        self.consume_front(accepted);
+        Err(PostError {
+            verb,
+            posted: accepted,
+            errno: ret.abs(),
+        })
+    }
+}
+
+/// The methods `RecvBatch` and `SendBatch` share, delegating to their [`Chain`].
+macro_rules! batch_common {
+    ($batch:ident, $wr:ty) => {
+        impl fmt::Debug for $batch {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($batch))
+                    .field("len", &self.0.wrs.len())
+                    .field("sges", &self.0.sges.len())
+                    .field("wr_capacity", &self.0.wr_cap)
+                    .finish()
+            }
+        }
+
+        impl $batch {
+            /// A batch for up to `wrs` work requests carrying up to `sges` SGEs in total.
+            pub fn with_capacity(wrs: usize, sges: usize) -> $batch {
+                $batch(Chain::with_capacity(wrs, sges))
+            }
+
+            /// Number of work requests in the batch.
+            pub fn len(&self) -> usize {
+                self.0.wrs.len()
+            }
+
+            /// True when the batch holds no work request.
+            pub fn is_empty(&self) -> bool {
+                self.0.wrs.is_empty()
+            }
+
+            /// True when no further work request fits.
+            pub fn is_full(&self) -> bool {
+                self.0.wrs.len() == self.0.wr_cap
+            }
+
+            /// Empties the batch, keeping its buffers.
+            pub fn clear(&mut self) {
+                self.0.clear();
+            }
+
+            /// Drops the first `n` work requests (the ones a partial post accepted), keeping
+            /// the rest.
+            pub fn consume_front(&mut self, n: usize) {
+                self.0.consume_front(n);
+            }
+
+            /// See [`Chain::post`].
+            ///
+            /// # Safety
+            /// As [`Chain::post`].
+            pub(crate) unsafe fn post(
+                &mut self,
+                verb: &'static str,
+                post: impl FnOnce(*mut $wr, *mut *mut $wr) -> i32,
+            ) -> Result<(), PostError> {
+                // SAFETY: forwarded from the caller.
+                unsafe { self.0.post(verb, post) }
+            }
+        }
+    };
+}
+
+/// A reusable chain of receive work requests.
+pub struct RecvBatch(Chain<ibv_recv_wr>);
+
+// SAFETY: the raw pointers inside the work requests are indices or point only into this batch's
+// own fixed-capacity buffers, so the batch can move between threads.
+unsafe impl Send for RecvBatch {}
+
+batch_common!(RecvBatch, ibv_recv_wr);
+
+impl RecvBatch {
+    /// Appends a work request with id `wr_id` scattering into `sges` (1..N entries, N at most the
+    /// queue's `max_sge`).
+    ///
+    /// # Errors
+    /// [`BatchFull`] when the batch has no room for it.
+    pub fn push(&mut self, wr_id: u64, sges: &[Sge]) -> Result<(), BatchFull> {
+        self.0.push(sges, |sg_list| ibv_recv_wr {
+            wr_id,
+            next: ptr::null_mut(),
+            sg_list,
+            num_sge: sges.len() as i32,
+        })
+    }
+
+    /// The id of work request `i`.
+    pub fn wr_id(&self, i: usize) -> u64 {
+        self.0.wrs[i].wr_id
     }
 }
 
@@ -236,37 +338,14 @@ impl SendFlags {
 }
 
 /// A reusable chain of send work requests.
-pub struct SendBatch {
-    wrs: Vec<ibv_send_wr>,
-    sges: Vec<Sge>,
-    wr_cap: usize,
-    sge_cap: usize,
-}
+pub struct SendBatch(Chain<ibv_send_wr>);
 
-// SAFETY: as for RecvBatch: pointers only into the batch's own fixed-capacity buffers.
+// SAFETY: as for RecvBatch: indices or pointers into the batch's own fixed-capacity buffers.
 unsafe impl Send for SendBatch {}
 
-impl fmt::Debug for SendBatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SendBatch")
-            .field("len", &self.wrs.len())
-            .field("sges", &self.sges.len())
-            .field("wr_capacity", &self.wr_cap)
-            .finish()
-    }
-}
+batch_common!(SendBatch, ibv_send_wr);
 
 impl SendBatch {
-    /// A batch for up to `wrs` work requests carrying up to `sges` SGEs in total.
-    pub fn with_capacity(wrs: usize, sges: usize) -> SendBatch {
-        SendBatch {
-            wrs: Vec::with_capacity(wrs),
-            sges: Vec::with_capacity(sges),
-            wr_cap: wrs,
-            sge_cap: sges,
-        }
-    }
-
     /// Appends a send work request.
     ///
     /// # Errors
@@ -278,22 +357,12 @@ impl SendBatch {
         sges: &[Sge],
         flags: SendFlags,
     ) -> Result<(), BatchFull> {
-        if self.wrs.len() == self.wr_cap || self.sges.len() + sges.len() > self.sge_cap {
-            return Err(BatchFull {
-                wrs: self.wr_cap,
-                sges: self.sge_cap,
-            });
-        }
-        let start = self.sges.len();
-        self.sges.extend_from_slice(sges);
-        let (opcode, imm, remote) = match op {
-            SendOp::Send => (ibv_wr_opcode::IBV_WR_SEND, 0, None),
-            SendOp::SendWithImm(imm) => (ibv_wr_opcode::IBV_WR_SEND_WITH_IMM, imm, None),
-            SendOp::RdmaWrite { remote_addr, rkey } => (
-                ibv_wr_opcode::IBV_WR_RDMA_WRITE,
-                0,
-                Some((remote_addr, rkey)),
-            ),
+        let (opcode, imm, (remote_addr, rkey)) = match op {
+            SendOp::Send => (ibv_wr_opcode::IBV_WR_SEND, 0, (0, 0)),
+            SendOp::SendWithImm(imm) => (ibv_wr_opcode::IBV_WR_SEND_WITH_IMM, imm, (0, 0)),
+            SendOp::RdmaWrite { remote_addr, rkey } => {
+                (ibv_wr_opcode::IBV_WR_RDMA_WRITE, 0, (remote_addr, rkey))
+            }
             SendOp::RdmaWriteWithImm {
                 remote_addr,
                 rkey,
@@ -301,7 +370,7 @@ impl SendBatch {
             } => (
                 ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM,
                 imm,
-                Some((remote_addr, rkey)),
+                (remote_addr, rkey),
             ),
         };
         let mut send_flags = 0u32;
@@ -314,92 +383,26 @@ impl SendBatch {
         if flags.solicited {
             send_flags |= ibv_send_flags::IBV_SEND_SOLICITED.0;
         }
-        let (remote_addr, rkey) = remote.unwrap_or((0, 0));
-        // SAFETY: ibv_send_wr is a plain C struct of integers, pointers and unions of them; all
-        // zeroes is a valid value for every field.
-        let mut wr: ibv_send_wr = unsafe { std::mem::zeroed() };
-        wr.wr_id = wr_id;
-        wr.sg_list = start as *mut ibv_sge;
-        wr.num_sge = sges.len() as i32;
-        wr.opcode = opcode;
-        wr.send_flags = send_flags;
-        wr.imm_data_invalidated_rkey_union = imm_data_invalidated_rkey_union_t {
-            imm_data: imm.to_be(),
-        };
-        wr.wr = wr_t {
-            rdma: rdma_t { remote_addr, rkey },
-        };
-        wr.qp_type = qp_type_t {
-            xrc: xrc_t { remote_srqn: 0 },
-        };
-        self.wrs.push(wr);
-        Ok(())
-    }
-
-    /// Number of work requests in the batch.
-    pub fn len(&self) -> usize {
-        self.wrs.len()
-    }
-
-    /// True when the batch holds no work request.
-    pub fn is_empty(&self) -> bool {
-        self.wrs.is_empty()
-    }
-
-    /// Empties the batch, keeping its buffers.
-    pub fn clear(&mut self) {
-        self.wrs.clear();
-        self.sges.clear();
-    }
-
-    /// Drops the first `n` work requests (the ones a partial post accepted), keeping the rest.
-    pub fn consume_front(&mut self, n: usize) {
-        if n >= self.wrs.len() {
-            self.clear();
-            return;
-        }
-        let sge_start = self.wrs[n].sg_list as usize;
-        self.wrs.drain(..n);
-        self.sges.drain(..sge_start);
-        for wr in &mut self.wrs {
-            wr.sg_list = (wr.sg_list as usize - sge_start) as *mut ibv_sge;
-        }
-    }
-
-    pub(crate) fn chain(&mut self) -> *mut ibv_send_wr {
-        let n = self.wrs.len();
-        if n == 0 {
-            return ptr::null_mut();
-        }
-        let sge_base = self.sges.as_mut_ptr().cast::<ibv_sge>();
-        let wr_base = self.wrs.as_mut_ptr();
-        for i in 0..n {
-            let wr = &mut self.wrs[i];
-            // SAFETY: stored index < sges.len(), checked by push.
-            wr.sg_list = unsafe { sge_base.add(wr.sg_list as usize) };
-            wr.next = if i + 1 < n {
-                // SAFETY: in bounds of the WR buffer.
-                unsafe { wr_base.add(i + 1) }
-            } else {
-                ptr::null_mut()
+        self.0.push(sges, |sg_list| {
+            // SAFETY: ibv_send_wr is a plain C struct of integers, pointers and unions of them;
+            // all zeroes is a valid value for every field.
+            let mut wr: ibv_send_wr = unsafe { std::mem::zeroed() };
+            wr.wr_id = wr_id;
+            wr.sg_list = sg_list;
+            wr.num_sge = sges.len() as i32;
+            wr.opcode = opcode;
+            wr.send_flags = send_flags;
+            wr.imm_data_invalidated_rkey_union = imm_data_invalidated_rkey_union_t {
+                imm_data: imm.to_be(),
             };
-        }
-        wr_base
-    }
-
-    pub(crate) fn unchain(&mut self, bad: *const ibv_send_wr) -> usize {
-        let sge_base = self.sges.as_ptr() as usize;
-        let wr_base = self.wrs.as_ptr() as usize;
-        for wr in &mut self.wrs {
-            wr.sg_list =
-                ((wr.sg_list as usize - sge_base) / std::mem::size_of::<Sge>()) as *mut ibv_sge;
-            wr.next = ptr::null_mut();
-        }
-        if bad.is_null() {
-            self.wrs.len()
-        } else {
-            (bad as usize - wr_base) / std::mem::size_of::<ibv_send_wr>()
-        }
+            wr.wr = wr_t {
+                rdma: rdma_t { remote_addr, rkey },
+            };
+            wr.qp_type = qp_type_t {
+                xrc: xrc_t { remote_srqn: 0 },
+            };
+            wr
+        })
     }
 }
 
@@ -423,7 +426,7 @@ mod tests {
         b.push(12, &[sge(300)]).unwrap();
         assert!(b.is_full());
         assert_eq!(b.push(13, &[sge(1)]), Err(BatchFull { wrs: 3, sges: 4 }));
-        let head = b.chain();
+        let head = b.0.chain();
         // SAFETY: the chain was just built from live buffers and nothing modified the batch.
         unsafe {
             let w0 = &*head;
@@ -440,20 +443,50 @@ mod tests {
         // A post that failed at the third work request.
         // SAFETY: index 2 is in bounds.
         let bad = unsafe { head.add(2) };
-        assert_eq!(b.unchain(bad), 2);
+        assert_eq!(b.0.unchain(bad), 2);
         b.consume_front(2);
         assert_eq!(b.len(), 1);
         assert_eq!(b.wr_id(0), 12);
-        let head = b.chain();
+        let head = b.0.chain();
         // SAFETY: as above.
         unsafe {
             assert_eq!((*(*head).sg_list).addr, 300);
             assert!((*head).next.is_null());
         }
-        assert_eq!(b.unchain(ptr::null()), 1);
+        assert_eq!(b.0.unchain(ptr::null()), 1);
         b.clear();
         assert!(b.is_empty());
-        assert!(b.chain().is_null());
+        assert!(b.0.chain().is_null());
+    }
+
+    #[test]
+    fn partial_post_keeps_the_refused_tail() {
+        let mut b = RecvBatch::with_capacity(3, 3);
+        for i in 0..3 {
+            b.push(i, &[sge(i * 100)]).unwrap();
+        }
+        // A provider that accepts the first two work requests and refuses the third.
+        let refuse_third = |head: *mut ibv_recv_wr, bad: *mut *mut ibv_recv_wr| {
+            // SAFETY: `head` is the 3-element chain post() built; `bad` is its out-pointer.
+            unsafe { *bad = (*(*head).next).next };
+            libc::ENOMEM
+        };
+        // SAFETY: the closure stands in for ibv_post_srq_recv and only reads the chain.
+        let r = unsafe { b.post("ibv_post_srq_recv", refuse_third) };
+        assert_eq!(
+            r,
+            Err(PostError {
+                verb: "ibv_post_srq_recv",
+                posted: 2,
+                errno: libc::ENOMEM
+            })
+        );
+        assert_eq!(b.len(), 1);
+        assert_eq!(b.wr_id(0), 2);
+        // SAFETY: a provider that accepts everything.
+        let r = unsafe { b.post("ibv_post_srq_recv", |_, _| 0) };
+        assert_eq!(r, Ok(()));
+        assert!(b.is_empty());
     }
 
     #[test]
@@ -495,7 +528,7 @@ mod tests {
             },
         )
         .unwrap();
-        let head = b.chain();
+        let head = b.0.chain();
         // SAFETY: chain just built; batch unmodified.
         unsafe {
             let w0 = &*head;
@@ -515,6 +548,6 @@ mod tests {
             assert_eq!(w2.send_flags, ibv_send_flags::IBV_SEND_INLINE.0);
             assert!(w2.next.is_null());
         }
-        assert_eq!(b.unchain(ptr::null()), 3);
+        assert_eq!(b.0.unchain(ptr::null()), 3);
     }
 }
