@@ -120,6 +120,8 @@ run_vm() {
         printf '%q ' "$@"; echo
         echo 'rc=$?'
         printf 'echo $rc > %q\n' "$rcfile"
+        # Let the console drain: the VM powers off as soon as this script ends.
+        echo 'sync; sleep 1'
         echo 'exit $rc'
     } > "$guest"
     chmod +x "$guest"
