@@ -8,9 +8,11 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use sideway::ibverbs::address::GidType;
+use sideway::ibverbs::address::{GidEntry, GidType};
 use sideway::ibverbs::device::{DeviceInfo as _, DeviceList};
-use sideway::ibverbs::device_context::{DeviceContext, LinkLayer, Mtu, PortState as SwPortState};
+use sideway::ibverbs::device_context::{
+    DeviceAttr, DeviceContext, LinkLayer, Mtu, PortState as SwPortState,
+};
 
 use crate::error::{Error, Result};
 use crate::pd::Pd;
@@ -103,6 +105,35 @@ pub(crate) struct Limits {
     pub max_qp_rd_atom: u32,
 }
 
+impl Limits {
+    fn from_attr(a: &DeviceAttr) -> Limits {
+        Limits {
+            max_cqe: count(a.max_cqe()),
+            max_qp_wr: count(a.max_qp_wr()),
+            max_sge: count(a.max_sge()),
+            max_srq_wr: count(a.max_srq_wr()),
+            max_srq_sge: count(a.max_srq_sge()),
+            max_qp_rd_atom: count(a.max_qp_rd_atom()),
+        }
+    }
+}
+
+/// A device limit as reported (a C `int`), never negative.
+fn count(v: i32) -> u32 {
+    v.max(0) as u32
+}
+
+/// `ibv_query_device_ex` on `ctx`, with gdrx's error.
+fn query_attr(ctx: &DeviceContext, name: &str) -> Result<DeviceAttr> {
+    ctx.query_device().map_err(|e| {
+        let io = sideway_io!(
+            e.0,
+            sideway::ibverbs::device_context::QueryDeviceErrorKind::Ibverbs
+        );
+        Error::verb("ibv_query_device_ex", name, io)
+    })
+}
+
 impl fmt::Debug for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Device").field("name", &self.name).finish()
@@ -165,21 +196,8 @@ impl Device {
             let io = sideway_io!(e.0, sideway::ibverbs::device::OpenDeviceErrorKind::Ibverbs);
             Error::verb("ibv_open_device", &name, io)
         })?;
-        let attr = ctx.query_device().map_err(|e| {
-            let io = sideway_io!(
-                e.0,
-                sideway::ibverbs::device_context::QueryDeviceErrorKind::Ibverbs
-            );
-            Error::verb("ibv_query_device_ex", &name, io)
-        })?;
-        let limits = Limits {
-            max_cqe: attr.max_cqe().max(0) as u32,
-            max_qp_wr: attr.max_qp_wr().max(0) as u32,
-            max_sge: attr.max_sge().max(0) as u32,
-            max_srq_wr: attr.max_srq_wr().max(0) as u32,
-            max_srq_sge: attr.max_srq_sge().max(0) as u32,
-            max_qp_rd_atom: attr.max_qp_rd_atom().max(0) as u32,
-        };
+        let attr = query_attr(&ctx, &name)?;
+        let limits = Limits::from_attr(&attr);
         let dev = Arc::new(Device {
             vendor_id: attr.vendor_id(),
             ctx,
@@ -242,16 +260,13 @@ impl Device {
     /// # Errors
     /// [`Error::Verbs`] when a query verb fails.
     pub fn capabilities(&self) -> Result<Capabilities> {
-        let a = self.ctx.query_device().map_err(|e| {
-            let io = sideway_io!(
-                e.0,
-                sideway::ibverbs::device_context::QueryDeviceErrorKind::Ibverbs
-            );
-            Error::verb("ibv_query_device_ex", &self.name, io)
-        })?;
+        let a = query_attr(&self.ctx, &self.name)?;
+        let l = Limits::from_attr(&a);
+        // One GID table read serves every port.
+        let table = self.gid_table()?;
         let mut ports = Vec::new();
         for p in 1..=a.phys_port_cnt() {
-            ports.push(self.port(p)?);
+            ports.push(self.port_with(p, &table)?);
         }
         Ok(Capabilities {
             name: self.name.clone(),
@@ -261,16 +276,16 @@ impl Device {
             vendor_id: a.vendor_id(),
             vendor_part_id: a.vendor_part_id(),
             max_mr_size: a.max_mr_size(),
-            max_qp: a.max_qp().max(0) as u32,
-            max_qp_wr: a.max_qp_wr().max(0) as u32,
-            max_sge: a.max_sge().max(0) as u32,
-            max_cq: a.max_cq().max(0) as u32,
-            max_cqe: a.max_cqe().max(0) as u32,
-            max_mr: a.max_mr().max(0) as u32,
-            max_srq: a.max_srq().max(0) as u32,
-            max_srq_wr: a.max_srq_wr().max(0) as u32,
-            max_srq_sge: a.max_srq_sge().max(0) as u32,
-            max_qp_rd_atom: a.max_qp_rd_atom().max(0) as u32,
+            max_qp: count(a.max_qp()),
+            max_qp_wr: l.max_qp_wr,
+            max_sge: l.max_sge,
+            max_cq: count(a.max_cq()),
+            max_cqe: l.max_cqe,
+            max_mr: count(a.max_mr()),
+            max_srq: count(a.max_srq()),
+            max_srq_wr: l.max_srq_wr,
+            max_srq_sge: l.max_srq_sge,
+            max_qp_rd_atom: l.max_qp_rd_atom,
             ports,
         })
     }
@@ -280,6 +295,21 @@ impl Device {
     /// # Errors
     /// [`Error::Verbs`] when a query verb fails.
     pub fn port(&self, port: u8) -> Result<PortInfo> {
+        self.port_with(port, &self.gid_table()?)
+    }
+
+    /// Every populated GID entry of every port (`ibv_query_gid_table`).
+    fn gid_table(&self) -> Result<Vec<GidEntry>> {
+        self.ctx.query_gid_table().map_err(|e| Error::Verbs {
+            verb: "ibv_query_gid_table",
+            device: self.name.clone(),
+            source: std::io::Error::other(e.to_string()),
+            hint: None,
+        })
+    }
+
+    /// One port's state, with its entries from an already read GID `table`.
+    fn port_with(&self, port: u8, table: &[GidEntry]) -> Result<PortInfo> {
         let pa = self.ctx.query_port(port).map_err(|e| {
             let io = sideway_io!(
                 e.source,
@@ -287,30 +317,20 @@ impl Device {
             );
             Error::verb("ibv_query_port", &self.name, io)
         })?;
-        let gids = match self.ctx.query_gid_table() {
-            Ok(entries) => entries
-                .iter()
-                .filter(|e| e.port_num() == u32::from(port))
-                .map(|e| GidInfo {
-                    index: e.gid_index(),
-                    gid: Ipv6Addr::from(e.gid()),
-                    kind: match e.gid_type() {
-                        GidType::InfiniBand => GidKind::InfiniBand,
-                        GidType::RoceV1 => GidKind::RoceV1,
-                        GidType::RoceV2 => GidKind::RoceV2,
-                    },
-                    netdev: e.netdev_name().ok(),
-                })
-                .collect(),
-            Err(e) => {
-                return Err(Error::Verbs {
-                    verb: "ibv_query_gid_table",
-                    device: self.name.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                    hint: None,
-                })
-            }
-        };
+        let gids = table
+            .iter()
+            .filter(|e| e.port_num() == u32::from(port))
+            .map(|e| GidInfo {
+                index: e.gid_index(),
+                gid: Ipv6Addr::from(e.gid()),
+                kind: match e.gid_type() {
+                    GidType::InfiniBand => GidKind::InfiniBand,
+                    GidType::RoceV1 => GidKind::RoceV1,
+                    GidType::RoceV2 => GidKind::RoceV2,
+                },
+                netdev: e.netdev_name().ok(),
+            })
+            .collect();
         Ok(PortInfo {
             port,
             state: PortState::from(pa.port_state()),
@@ -321,7 +341,7 @@ impl Device {
                 LinkLayer::InfiniBand => "InfiniBand",
                 LinkLayer::Unspecified => "unspecified",
             },
-            gid_table_len: pa.gid_tbl_len().max(0) as u32,
+            gid_table_len: count(pa.gid_tbl_len()),
             gids,
         })
     }
