@@ -24,8 +24,8 @@ PKGS=(
     rdma-core ibverbs-providers ibverbs-utils librdmacm1 rdmacm-utils perftest iproute2 kmod
     # build: sideway's rdma-mummy-sys builds a C shim with cmake and runs bindgen (libclang)
     build-essential cmake make pkg-config clang libclang-dev
-    # the python venv for virtme-ng
-    python3 python3-venv python3-pip
+    # the python venv for virtme-ng (its pip comes from python3-venv's ensurepip)
+    python3 python3-venv
 )
 if [ "${GDRX_SKIP_VM:-0}" != 1 ]; then
     PKGS+=(qemu-system-x86 busybox-static)

@@ -117,6 +117,14 @@ pub enum FrameError {
         /// Received (the bytes present).
         got: u32,
     },
+    /// The completion's opcode is not the one the operation produces (e.g. a plain receive where
+    /// RDMA WRITE_WITH_IMM was sent).
+    Opcode {
+        /// Expected.
+        want: &'static str,
+        /// Received.
+        got: String,
+    },
     /// Checksum mismatch: corrupted payload.
     Checksum {
         /// From the header.
@@ -132,6 +140,7 @@ impl fmt::Display for FrameError {
             FrameError::Length { want, got } => write!(f, "length {got}, expected {want}"),
             FrameError::Imm { want, got } => write!(f, "immediate {got:?}, expected {want}"),
             FrameError::Seq { want, got } => write!(f, "sequence {got}, expected {want}"),
+            FrameError::Opcode { want, got } => write!(f, "opcode {got}, expected {want}"),
             FrameError::Checksum { header, computed } => {
                 write!(
                     f,

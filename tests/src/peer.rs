@@ -210,6 +210,72 @@ pub fn run(plan: &Plan) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// The signaled sends of one connection that have not completed yet, and what their
+/// completions have said so far.
+struct Inflight {
+    count: usize,
+    /// Length of the message in each send slot.
+    lens: Vec<u32>,
+    /// Sequence number of the oversize message, if this connection sends one.
+    oversize: Option<u32>,
+    /// An error completion was seen: stop posting.
+    failed: bool,
+    report: ConnReport,
+}
+
+impl Inflight {
+    /// Polls `c`'s CQ until at most `target` sends are in flight.
+    fn reap_until(
+        &mut self,
+        c: &SendConn,
+        wcs: &mut [WorkCompletion],
+        target: usize,
+        deadline: Instant,
+    ) -> anyhow::Result<()> {
+        while self.count > target {
+            let n = c.cq.poll(wcs)?;
+            for wc in &wcs[..n] {
+                self.complete(wc);
+            }
+            self.count -= n;
+            if n == 0 {
+                if Instant::now() > deadline {
+                    bail!(
+                        "connection {}: {} send completions never arrived",
+                        c.tag,
+                        self.count
+                    );
+                }
+                std::thread::yield_now();
+            }
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self, wc: &WorkCompletion) {
+        let seq = wc.wr_id() as u32;
+        let report = &mut self.report;
+        match wc.result() {
+            Ok(()) => {
+                report.sent += 1;
+                report.bytes += u64::from(self.lens[seq as usize % self.lens.len()]);
+            }
+            Err(e) => {
+                if Some(seq) == self.oversize {
+                    report.oversize_status = Some(format!("{:?}", e.status));
+                    report.oversize_rejected = Some(e.status.is_send_overflow());
+                    if !e.status.is_send_overflow() {
+                        report.errors.push(e.to_string());
+                    }
+                } else if e.status != WcStatus::WrFlush || !self.failed {
+                    report.errors.push(e.to_string());
+                }
+                self.failed = true;
+            }
+        }
+    }
+}
+
 fn send_stream(
     pd: &Arc<Pd>,
     c: &SendConn,
@@ -223,15 +289,19 @@ fn send_stream(
     let mut batch = SendBatch::with_capacity(1, 1);
     let mut wcs = WorkCompletion::buffer(window);
     let messages = oversize_after.map_or(plan.messages, |n| n + 1);
-    let mut lens = vec![0u32; window];
-    let mut inflight = 0usize;
-    let mut report = ConnReport {
-        tag: c.tag,
-        sent: 0,
-        bytes: 0,
-        errors: Vec::new(),
-        oversize_rejected: oversize_after.map(|_| false),
-        oversize_status: None,
+    let mut fl = Inflight {
+        count: 0,
+        lens: vec![0u32; window],
+        oversize: oversize_after,
+        failed: false,
+        report: ConnReport {
+            tag: c.tag,
+            sent: 0,
+            bytes: 0,
+            errors: Vec::new(),
+            oversize_rejected: oversize_after.map(|_| false),
+            oversize_status: None,
+        },
     };
     let remote = match plan.op {
         OpKind::WriteImm => {
@@ -250,44 +320,9 @@ fn send_stream(
         _ => None,
     };
     let deadline = Instant::now() + Duration::from_secs(600);
-    let mut failed = false;
-    let handle =
-        |wcs: &[WorkCompletion], report: &mut ConnReport, lens: &[u32], failed: &mut bool| {
-            for wc in wcs {
-                let seq = wc.wr_id() as u32;
-                match wc.result() {
-                    Ok(()) => {
-                        report.sent += 1;
-                        report.bytes += u64::from(lens[seq as usize % window]);
-                    }
-                    Err(e) => {
-                        if Some(seq) == oversize_after {
-                            report.oversize_status = Some(format!("{:?}", e.status));
-                            report.oversize_rejected = Some(e.status.is_send_overflow());
-                            if !e.status.is_send_overflow() {
-                                report.errors.push(e.to_string());
-                            }
-                        } else if e.status != WcStatus::WrFlush || !*failed {
-                            report.errors.push(e.to_string());
-                        }
-                        *failed = true;
-                    }
-                }
-            }
-        };
     for seq in 0..messages {
-        while inflight == window {
-            let n = c.cq.poll(&mut wcs)?;
-            handle(&wcs[..n], &mut report, &lens, &mut failed);
-            inflight -= n;
-            if n == 0 {
-                if Instant::now() > deadline {
-                    bail!("connection {}: send completions stalled", c.tag);
-                }
-                std::thread::yield_now();
-            }
-        }
-        if failed {
+        fl.reap_until(c, &mut wcs, window - 1, deadline)?;
+        if fl.failed {
             break;
         }
         let i = seq as usize % window;
@@ -296,7 +331,7 @@ fn send_stream(
         } else {
             frame::size_for(c.tag, seq, plan.mtu, plan.max).0
         };
-        lens[i] = len;
+        fl.lens[i] = len;
         // SAFETY: slot `i` is not part of any outstanding work request (its previous send
         // completed: at most `window` are in flight and we waited for a free one).
         frame::fill(unsafe { mem.slice_mut(i * slot, len as usize) }, c.tag, seq);
@@ -318,23 +353,9 @@ fn send_stream(
         // slot `i` is not touched again until this work request completes.
         unsafe { c.conn.qp().post_send(&mut batch) }
             .map_err(|e| anyhow::anyhow!("connection {}: {e}", c.tag))?;
-        inflight += 1;
+        fl.count += 1;
     }
-    while inflight > 0 {
-        let n = c.cq.poll(&mut wcs)?;
-        handle(&wcs[..n], &mut report, &lens, &mut failed);
-        inflight -= n;
-        if n == 0 {
-            if Instant::now() > deadline {
-                bail!(
-                    "connection {}: {} send completions never arrived",
-                    c.tag,
-                    inflight
-                );
-            }
-            std::thread::yield_now();
-        }
-    }
+    fl.reap_until(c, &mut wcs, 0, deadline)?;
     drop(mr);
-    Ok(report)
+    Ok(fl.report)
 }

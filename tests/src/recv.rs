@@ -65,8 +65,6 @@ pub struct RecvReport {
     pub mtu: u32,
     /// Messages verified per connection tag.
     pub received: BTreeMap<u32, u32>,
-    /// Bytes verified.
-    pub bytes: u64,
     /// Bytes verified per connection tag.
     pub bytes_by_tag: BTreeMap<u32, u64>,
     /// Size-class coverage.
@@ -99,6 +97,11 @@ impl RecvReport {
     /// Total messages verified.
     pub fn total(&self) -> u64 {
         self.received.values().map(|&v| u64::from(v)).sum()
+    }
+
+    /// Total bytes verified.
+    pub fn bytes(&self) -> u64 {
+        self.bytes_by_tag.values().sum()
     }
 }
 
@@ -182,8 +185,34 @@ impl Buffers {
     }
 }
 
+/// A sender process that is killed and reaped when dropped, so a test that fails early leaves
+/// no sender running into the next test.
+struct Peer(Child);
+
+impl std::ops::Deref for Peer {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Peer {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Spawns the sender process.
-fn spawn_peer(exe: &Path, plan: &Plan) -> anyhow::Result<Child> {
+fn spawn_peer(exe: &Path, plan: &Plan) -> anyhow::Result<Peer> {
     let child = Command::new(exe)
         .arg("--plan")
         .arg(serde_json::to_string(plan)?)
@@ -196,7 +225,7 @@ fn spawn_peer(exe: &Path, plan: &Plan) -> anyhow::Result<Child> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("spawning {}", exe.display()))?;
-    Ok(child)
+    Ok(Peer(child))
 }
 
 struct ConnState {
@@ -466,9 +495,9 @@ pub fn run_two_process(
                                 frame::verify(data, c.tag, seq, want, wc.imm(), true)
                             }
                         }
-                        (OpKind::WriteImm, op) => Err(frame::FrameError::Length {
-                            want,
-                            got: op_code(op),
+                        (OpKind::WriteImm, op) => Err(frame::FrameError::Opcode {
+                            want: "RecvRdmaWithImm",
+                            got: format!("{op:?}"),
                         }),
                         (_, _) => {
                             let len = (wc.byte_len() as usize).min(cfg.slot_size as usize);
@@ -481,7 +510,6 @@ pub fn run_two_process(
                     match res {
                         Ok(()) => {
                             *report.classes.entry(format!("{class:?}")).or_insert(0) += 1;
-                            report.bytes += u64::from(want);
                             *report.bytes_by_tag.entry(c.tag).or_insert(0) += u64::from(want);
                             *report.received.get_mut(&c.tag).expect("tag registered") += 1;
                         }
@@ -547,14 +575,6 @@ pub fn run_two_process(
     drop(pd);
     drop(dev);
     Ok(report)
-}
-
-fn op_code(op: WcOpcode) -> u32 {
-    match op {
-        WcOpcode::Recv => 0x80,
-        WcOpcode::RecvRdmaWithImm => 0x81,
-        _ => 0xff,
-    }
 }
 
 /// Kills the sender and returns what it wrote (for error messages).

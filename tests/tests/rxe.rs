@@ -22,8 +22,25 @@ use gdrx_tests::recv::{
 use gdrx_tests::{res, udmabuf, RxeEnv};
 
 const PEER: &str = env!("CARGO_BIN_EXE_gdrx-testpeer");
-const NEEDS_RXE: &str =
-    "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)";
+
+/// Asserts that `$r` is an `Err` matching `$pat` whose message contains every needle, and
+/// returns the error.
+macro_rules! expect_err {
+    ($r:expr, $pat:pat $(, $needle:expr)* $(,)?) => {
+        match $r {
+            Err(e @ $pat) => {
+                let _msg = e.to_string();
+                $(
+                    let needle = &$needle;
+                    let needle: &str = needle.as_ref();
+                    assert!(_msg.contains(needle), "the message names {needle:?}: {_msg}");
+                )*
+                e
+            }
+            other => panic!("expected {}, got {other:?}", stringify!($pat)),
+        }
+    };
+}
 
 fn env() -> RxeEnv {
     gdrx_tests::init_logging();
@@ -40,9 +57,9 @@ fn summary(name: &str, r: &RecvReport) {
         r.total(),
         r.received.len(),
         r.received,
-        r.bytes as f64 / (1 << 20) as f64,
+        r.bytes() as f64 / (1 << 20) as f64,
         r.secs,
-        r.bytes as f64 / (1 << 20) as f64 / r.secs.max(1e-9),
+        r.bytes() as f64 / (1 << 20) as f64 / r.secs.max(1e-9),
         r.classes,
         r.wc_errors.len(),
         r.events,
@@ -87,17 +104,13 @@ fn capability_report_and_roce_v2_gid() {
     );
     assert!(dev.require_active_port(1).is_ok());
     assert!(gdrx_core::device_names().unwrap().contains(&env.dev));
-    match Device::open("gdrx_no_such_dev") {
-        Err(e @ Error::DeviceNotFound { .. }) => {
-            let msg = e.to_string();
-            assert!(
-                msg.contains(&env.dev),
-                "the error lists the devices present: {msg}"
-            );
-            println!("typed error for a missing device: {msg}");
-        }
-        other => panic!("expected DeviceNotFound, got {other:?}"),
-    }
+    // The error lists the devices present.
+    let e = expect_err!(
+        Device::open("gdrx_no_such_dev"),
+        Error::DeviceNotFound { .. },
+        env.dev
+    );
+    println!("typed error for a missing device: {e}");
 }
 
 /// The memory behind a CPU mapping of a dma-buf; unmapped on drop.
@@ -138,18 +151,10 @@ fn dmabuf_mr_on_rxe_is_typed_unsupported() {
     // SAFETY: no CPU mapping of the dma-buf exists yet; the call is expected to fail anyway.
     let r =
         unsafe { pd.register_dmabuf(ub.dmabuf.as_fd(), 0, size, 0x10_0000, Access::recv(), None) };
-    match r {
-        Err(e @ Error::Unsupported { .. }) => {
-            let msg = e.to_string();
-            assert!(
-                msg.contains("rxe") && msg.contains("ibv_reg_mr"),
-                "reason and fallback named: {msg}"
-            );
-            assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP));
-            println!("typed error for ibv_reg_dmabuf_mr on rxe: {msg}");
-        }
-        other => panic!("expected Error::Unsupported, got {other:?}"),
-    }
+    // The reason (rxe) and the fallback (ibv_reg_mr) are named.
+    let e = expect_err!(r, Error::Unsupported { .. }, "rxe", "ibv_reg_mr");
+    assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP));
+    println!("typed error for ibv_reg_dmabuf_mr on rxe: {e}");
     // The fallback path: register the CPU mapping of the same pages with ibv_reg_mr. (The
     // dma-buf fd's own mmap is a PFN mapping that ibv_reg_mr cannot pin: EFAULT. The memfd's
     // mapping is the one to register.)
@@ -567,18 +572,18 @@ fn connection_errors_are_typed() {
     spec.timeout = Duration::from_secs(30);
     // Nobody listens on this port.
     let dst = std::net::SocketAddr::new(env.ip, 1);
-    match gdrx_core::connect(dst, None, &spec, b"") {
-        Err(e @ (Error::Connection { .. } | Error::Timeout { .. })) => println!("no listener: {e}"),
-        other => panic!("expected a typed connection error, got {other:?}"),
-    }
+    let e = expect_err!(
+        gdrx_core::connect(dst, None, &spec, b""),
+        Error::Connection { .. } | Error::Timeout { .. }
+    );
+    println!("no listener: {e}");
     // Loopback is not an RDMA address.
     let lo = "127.0.0.1:7471".parse().unwrap();
-    match gdrx_core::connect(lo, None, &spec, b"") {
-        Err(e @ (Error::Connection { .. } | Error::Cm { .. } | Error::DeviceMismatch { .. })) => {
-            println!("loopback: {e}")
-        }
-        other => panic!("expected a typed error for 127.0.0.1, got {other:?}"),
-    }
+    let e = expect_err!(
+        gdrx_core::connect(lo, None, &spec, b""),
+        Error::Connection { .. } | Error::Cm { .. } | Error::DeviceMismatch { .. }
+    );
+    println!("loopback: {e}");
     // Oversized private data is refused before anything is sent.
     let big = [0u8; 57];
     assert!(matches!(
@@ -587,17 +592,16 @@ fn connection_errors_are_typed() {
     ));
     // An SRQ larger than the device allows names the limit.
     let caps = dev.capabilities().unwrap();
-    match Srq::new(
-        &pd,
-        SrqConfig {
-            max_wr: caps.max_srq_wr + 1,
-            max_sge: 1,
-            limit: 0,
-        },
-    ) {
-        Err(Error::InvalidConfig(m)) => assert!(m.contains("max_srq_wr"), "{m}"),
-        other => panic!("expected InvalidConfig, got {other:?}"),
-    }
+    let too_deep = SrqConfig {
+        max_wr: caps.max_srq_wr + 1,
+        max_sge: 1,
+        limit: 0,
+    };
+    expect_err!(
+        Srq::new(&pd, too_deep),
+        Error::InvalidConfig(_),
+        "max_srq_wr"
+    );
 }
 
 #[test]
@@ -614,7 +618,6 @@ fn a_missing_device_fails_rather_than_skips() {
         .and_then(|p| p.downcast::<String>().ok())
         .expect("open() panicked");
     assert!(msg.contains("gdrx_missing0"), "{msg}");
-    let _ = NEEDS_RXE;
 }
 
 /// Removes CAP_IPC_LOCK from this thread's effective set (root bypasses RLIMIT_MEMLOCK with it)
@@ -685,18 +688,14 @@ fn memlock_limit_is_named_when_pinning_fails() {
     let mem = Arc::new(HostMemory::new(4 << 20).unwrap());
     {
         let _squeeze = MemlockSqueeze::new(64 << 10);
-        match pd.register(Arc::clone(&mem), Access::recv()) {
-            Err(e @ Error::MemoryLock { .. }) => {
-                let msg = e.to_string();
-                assert!(
-                    msg.contains("RLIMIT_MEMLOCK is soft 64 KiB") && msg.contains("ulimit -l"),
-                    "{msg}"
-                );
-                assert_eq!(e.raw_os_error(), Some(libc::ENOMEM));
-                println!("typed error: {msg}");
-            }
-            other => panic!("expected Error::MemoryLock, got {other:?}"),
-        }
+        let e = expect_err!(
+            pd.register(Arc::clone(&mem), Access::recv()),
+            Error::MemoryLock { .. },
+            "RLIMIT_MEMLOCK is soft 64 KiB",
+            "ulimit -l"
+        );
+        assert_eq!(e.raw_os_error(), Some(libc::ENOMEM));
+        println!("typed error: {e}");
     }
     let mr = pd
         .register(mem, Access::recv())
@@ -767,17 +766,13 @@ fn port_down_is_an_event_and_a_typed_error() {
             }
         }
         assert_eq!(seen, Some(1), "PORT_ERR async event after {peer} went down");
-        match dev.require_active_port(1) {
-            Err(e @ Error::PortDown { .. }) => {
-                let msg = e.to_string();
-                assert!(
-                    msg.contains(&format!("`{netdev}`")),
-                    "names the interface: {msg}"
-                );
-                println!("typed error: {msg}");
-            }
-            other => panic!("expected PortDown, got {other:?}"),
-        }
+        // The error names the interface.
+        let e = expect_err!(
+            dev.require_active_port(1),
+            Error::PortDown { .. },
+            format!("`{netdev}`")
+        );
+        println!("typed error: {e}");
     }
     let t = Instant::now();
     let mut active = false;
