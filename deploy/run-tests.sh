@@ -3,7 +3,8 @@
 # what CI runs (.ci/run).
 #   1. deploy/install-deps.sh (Debian packages, the 6.12 kernel image, virtme-ng; idempotent)
 #   2. cargo fmt --check, cargo clippy -D warnings, rustdoc -D warnings
-#   3. host tests: cargo test --workspace (unit tests; the rxe suite is #[ignore]d there)
+#   3. host tests: cargo test --workspace (unit and stress tests; the rxe suite is #[ignore]d
+#      there), and the recycle ring's loom models (RUSTFLAGS=--cfg loom, own target dir)
 #   4. the rxe suite on real soft-RoCE in deploy/testbed.sh, twice in one boot, plus a check that
 #      it fails when told to use a missing device
 # Extra arguments are passed to the rxe suite as test-name filters.
@@ -23,6 +24,9 @@ cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
 
 step "host tests: cargo test --workspace"
 cargo test --locked --workspace --all-features
+
+step "loom: the recycle ring's protocol under the loom model checker"
+RUSTFLAGS="--cfg loom" cargo test --locked -p gdrx-ring --release --target-dir target/loom --test loom
 
 step "docs: cargo doc with -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --all-features

@@ -75,6 +75,8 @@ pub mod event;
 pub mod mem;
 pub mod mr;
 pub mod pd;
+pub mod pool;
+pub mod provider;
 pub mod qp;
 pub mod srq;
 mod sys;
@@ -91,6 +93,11 @@ pub use event::{AsyncEvent, ObjectId, QpEventKind};
 pub use mem::{page_size, HostMemory};
 pub use mr::{Access, Mr, MrKind};
 pub use pd::{DmabufSupport, Pd};
+pub use pool::{
+    HeaderSplit, Lease, Pool, PoolConfig, PoolReport, PoolStats, RawLease, RecvEvent,
+    RegistrationPath, RegistrationPolicy, Returner, TeardownReport,
+};
+pub use provider::{DmabufView, MemoryKind, Provider, ProviderCheck, Region, RegionDesc};
 pub use qp::{QpCaps, QpConfig, QpState, QueuePair};
 pub use srq::{Srq, SrqConfig};
 pub use wr::{BatchFull, RecvBatch, SendBatch, SendFlags, SendOp, Sge};

@@ -15,6 +15,7 @@
 pub mod env;
 pub mod frame;
 pub mod peer;
+pub mod poolrecv;
 pub mod recv;
 pub mod res;
 pub mod udmabuf;

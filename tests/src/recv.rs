@@ -187,7 +187,7 @@ impl Buffers {
 
 /// A sender process that is killed and reaped when dropped, so a test that fails early leaves
 /// no sender running into the next test.
-struct Peer(Child);
+pub(crate) struct Peer(pub(crate) Child);
 
 impl std::ops::Deref for Peer {
     type Target = Child;
@@ -212,7 +212,7 @@ impl Drop for Peer {
 }
 
 /// Spawns the sender process.
-fn spawn_peer(exe: &Path, plan: &Plan) -> anyhow::Result<Peer> {
+pub(crate) fn spawn_peer(exe: &Path, plan: &Plan) -> anyhow::Result<Peer> {
     let child = Command::new(exe)
         .arg("--plan")
         .arg(serde_json::to_string(plan)?)
@@ -578,7 +578,7 @@ pub fn run_two_process(
 }
 
 /// Kills the sender and returns what it wrote (for error messages).
-fn drain(child: &mut Child) -> String {
+pub(crate) fn drain(child: &mut Child) -> String {
     let _ = child.kill();
     let _ = child.wait();
     let mut s = String::new();
@@ -594,7 +594,7 @@ fn drain(child: &mut Child) -> String {
     s
 }
 
-fn wait_with_timeout(
+pub(crate) fn wait_with_timeout(
     child: &mut Child,
     t: Duration,
 ) -> anyhow::Result<(std::process::ExitStatus, String, String)> {

@@ -42,6 +42,9 @@ macro_rules! expect_err {
     };
 }
 
+#[path = "rxe/pool.rs"]
+mod pool;
+
 fn env() -> RxeEnv {
     gdrx_tests::init_logging();
     RxeEnv::from_env()

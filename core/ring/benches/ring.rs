@@ -1,0 +1,295 @@
+//! Push+pop throughput of gdrx's `RecycleRing` against crossbeam's `ArrayQueue` (MPMC) and rtrb
+//! (SPSC), with 1 and 4 producer threads and one consumer thread, 1024 entries in total.
+//!
+//! Run with `cargo bench -p gdrx-ring --bench ring` (about a minute). Threads are spawned
+//! outside the timed region (`iter_custom`): the clock starts when the consumer leaves the
+//! start barrier and stops when it has popped every element. A full or empty queue is waited
+//! out with the same `Backoff` for every queue. rtrb is single-producer, so with 4 producers
+//! each producer gets its own 256-entry rtrb ring and the consumer polls them round-robin.
+//!
+//! At the end the benchmark prints the rates it measured (criterion's point estimates,
+//! recomputed from the recorded samples) and the gdrx/ArrayQueue and gdrx/rtrb ratios.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use crossbeam_queue::ArrayQueue;
+use crossbeam_utils::Backoff;
+use gdrx_ring::RecycleRing;
+
+/// Total entries of every queue under test (rtrb with 4 producers: 4 rings of a quarter each).
+const CAPACITY: usize = 1024;
+const PRODUCER_COUNTS: [usize; 2] = [1, 4];
+
+const GDRX_POP: &str = "gdrx RecycleRing (pop)";
+const GDRX_DRAIN: &str = "gdrx RecycleRing (drain 64)";
+const ARRAY_QUEUE: &str = "crossbeam ArrayQueue";
+const RTRB: &str = "rtrb";
+
+/// (queue name, producer count).
+type Key = (&'static str, usize);
+/// Every timed run in call order: (elements moved, time taken). Criterion's warm-up calls come
+/// first, then one call per sample.
+static MEASURED: Mutex<BTreeMap<Key, Vec<(u64, Duration)>>> = Mutex::new(BTreeMap::new());
+/// Samples per benchmark (criterion's minimum); `--sample-size` on the command line overrides.
+const SAMPLE_SIZE: usize = 10;
+
+fn record(queue: &'static str, producers: usize, elements: u64, time: Duration) {
+    let mut measured = MEASURED.lock().unwrap();
+    measured
+        .entry((queue, producers))
+        .or_default()
+        .push((elements, time));
+}
+
+/// Splits `iters` elements over `producers` threads.
+fn shares(iters: u64, producers: usize) -> impl Iterator<Item = u64> {
+    let n = producers as u64;
+    (0..n).map(move |i| iters / n + u64::from(i < iters % n))
+}
+
+/// Spawns the producers (untimed), releases them together with the consumer, and times the
+/// consumer popping all `iters` elements.
+fn run<P>(
+    producers: usize,
+    iters: u64,
+    mut make_producer: impl FnMut(usize, u64) -> P,
+    consume: impl FnOnce(u64),
+) -> Duration
+where
+    P: FnOnce() + Send + 'static,
+{
+    let barrier = Arc::new(Barrier::new(producers + 1));
+    let handles: Vec<_> = shares(iters, producers)
+        .enumerate()
+        .map(|(i, share)| {
+            let work = make_producer(i, share);
+            let barrier = Arc::clone(&barrier);
+            thread::spawn(move || {
+                barrier.wait();
+                work();
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    consume(iters);
+    let elapsed = start.elapsed();
+    for h in handles {
+        h.join().unwrap();
+    }
+    elapsed
+}
+
+fn gdrx(producers: usize, iters: u64, batch: bool) -> Duration {
+    let ring = RecycleRing::with_capacity(CAPACITY);
+    let mut consumer = ring.consumer().unwrap();
+    let make = |_, share: u64| {
+        let ring = Arc::clone(&ring);
+        move || {
+            let backoff = Backoff::new();
+            for v in 0..share {
+                while ring.push(v).is_err() {
+                    backoff.snooze();
+                }
+                backoff.reset();
+            }
+        }
+    };
+    run(producers, iters, make, |total| {
+        let (mut got, mut sum) = (0, 0u64);
+        let backoff = Backoff::new();
+        while got < total {
+            let n = if batch {
+                consumer.drain(64, |v| sum = sum.wrapping_add(v)) as u64
+            } else {
+                consumer.pop().map_or(0, |v| {
+                    sum = sum.wrapping_add(v);
+                    1
+                })
+            };
+            if n == 0 {
+                backoff.snooze();
+            } else {
+                got += n;
+                backoff.reset();
+            }
+        }
+        black_box(sum);
+    })
+}
+
+fn array_queue(producers: usize, iters: u64) -> Duration {
+    let queue = Arc::new(ArrayQueue::<u64>::new(CAPACITY));
+    let make = |_, share: u64| {
+        let queue = Arc::clone(&queue);
+        move || {
+            let backoff = Backoff::new();
+            for v in 0..share {
+                let mut v = v;
+                while let Err(back) = queue.push(v) {
+                    v = back;
+                    backoff.snooze();
+                }
+                backoff.reset();
+            }
+        }
+    };
+    run(producers, iters, make, |total| {
+        let (mut got, mut sum) = (0, 0u64);
+        let backoff = Backoff::new();
+        while got < total {
+            match queue.pop() {
+                Some(v) => {
+                    sum = sum.wrapping_add(v);
+                    got += 1;
+                    backoff.reset();
+                }
+                None => backoff.snooze(),
+            }
+        }
+        black_box(sum);
+    })
+}
+
+fn rtrb_rings(producers: usize, iters: u64) -> Duration {
+    let (mut ends, mut consumers): (Vec<_>, Vec<_>) = (0..producers)
+        .map(|_| {
+            let (p, c) = rtrb::RingBuffer::<u64>::new(CAPACITY / producers);
+            (Some(p), c)
+        })
+        .unzip();
+    let make = |i: usize, share: u64| {
+        let mut producer = ends[i].take().unwrap();
+        move || {
+            let backoff = Backoff::new();
+            for v in 0..share {
+                while producer.push(v).is_err() {
+                    backoff.snooze();
+                }
+                backoff.reset();
+            }
+        }
+    };
+    run(producers, iters, make, |total| {
+        let (mut got, mut sum) = (0, 0u64);
+        let backoff = Backoff::new();
+        while got < total {
+            let mut any = false;
+            // Round-robin over the per-producer rings (one ring when there is one producer).
+            for c in consumers.iter_mut() {
+                if let Ok(v) = c.pop() {
+                    sum = sum.wrapping_add(v);
+                    got += 1;
+                    any = true;
+                }
+            }
+            if any {
+                backoff.reset();
+            } else {
+                backoff.snooze();
+            }
+        }
+        black_box(sum);
+    })
+}
+
+fn push_pop(c: &mut Criterion) {
+    let mut group = c.benchmark_group("push_pop");
+    // One iteration moves one element from a producer to the consumer.
+    group.throughput(Throughput::Elements(1));
+    type Runner = fn(usize, u64) -> Duration;
+    let queues: [(&'static str, Runner); 4] = [
+        (GDRX_POP, |p, n| gdrx(p, n, false)),
+        (GDRX_DRAIN, |p, n| gdrx(p, n, true)),
+        (ARRAY_QUEUE, array_queue),
+        (RTRB, rtrb_rings),
+    ];
+    for producers in PRODUCER_COUNTS {
+        for (name, runner) in queues {
+            let id = BenchmarkId::new(name, format!("{producers} producer(s)"));
+            group.bench_function(id, |b| {
+                b.iter_custom(|iters| {
+                    let time = runner(producers, iters);
+                    record(name, producers, iters, time);
+                    time
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
+/// Elements per second as criterion estimates it from the samples (the last `SAMPLE_SIZE`
+/// runs): the least-squares slope of time over iterations when the sample sizes grow linearly,
+/// the mean time per element when they are all equal (flat sampling).
+fn rate(queue: &str, producers: usize) -> Option<f64> {
+    let measured = MEASURED.lock().unwrap();
+    let runs = measured.get(&(queue, producers))?;
+    let samples = &runs[runs.len().saturating_sub(SAMPLE_SIZE)..];
+    let (mut xy, mut xx, mut y) = (0.0, 0.0, 0.0);
+    for &(iters, time) in samples {
+        let (x, t) = (iters as f64, time.as_secs_f64());
+        xy += x * t;
+        xx += x * x;
+        y += t;
+    }
+    let flat = samples.windows(2).all(|w| w[0].0 == w[1].0);
+    let secs_per_element = if flat {
+        y / samples.iter().map(|&(i, _)| i as f64).sum::<f64>()
+    } else {
+        xy / xx
+    };
+    (secs_per_element > 0.0).then(|| 1.0 / secs_per_element)
+}
+
+fn print_summary() {
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    println!();
+    println!("push+pop throughput, one consumer thread, {CAPACITY} entries in total");
+    println!("(Melem/s: criterion's point estimate, recomputed from this run's samples)");
+    println!("{:<30}{:>14}{:>14}", "queue", "1 producer", "4 producers");
+    let cell = |r: Option<f64>| r.map_or_else(|| "-".to_string(), |r| format!("{:.2}", r / 1e6));
+    for queue in [GDRX_POP, GDRX_DRAIN, ARRAY_QUEUE, RTRB] {
+        let [one, four] = PRODUCER_COUNTS.map(|p| cell(rate(queue, p)));
+        println!("{queue:<30}{one:>14}{four:>14}");
+    }
+    let ratio = |other: &str, p| match (rate(GDRX_POP, p), rate(other, p)) {
+        (Some(g), Some(o)) => format!("{:.2}x", g / o),
+        _ => "-".to_string(),
+    };
+    for (label, other) in [
+        ("gdrx (pop) / ArrayQueue", ARRAY_QUEUE),
+        ("gdrx (pop) / rtrb", RTRB),
+    ] {
+        let [one, four] = PRODUCER_COUNTS.map(|p| ratio(other, p));
+        println!("{label:<30}{one:>14}{four:>14}");
+    }
+    println!(
+        "notes: rtrb is SPSC; with 4 producers each has its own {}-entry rtrb ring, polled \
+         round-robin by the consumer.",
+        CAPACITY / 4
+    );
+    if cores < 5 {
+        println!(
+            "       this machine has {cores} core(s): 4 producers + 1 consumer = 5 busy threads \
+             oversubscribe it, so the 4-producer rates measure scheduling as much as the queue."
+        );
+    }
+}
+
+fn main() {
+    // Sized so the whole run (8 benchmarks) takes about a minute; CLI flags still override.
+    let mut c = Criterion::default()
+        .sample_size(SAMPLE_SIZE)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .configure_from_args();
+    push_pop(&mut c);
+    c.final_summary();
+    print_summary();
+}

@@ -1,0 +1,307 @@
+//! Loom models of the recycle ring and the return protocol.
+//!
+//! Run with (see the crate docs):
+//!
+//! ```text
+//! RUSTFLAGS="--cfg loom" cargo test -p gdrx-ring --release --target-dir target/loom --test loom
+//! ```
+//!
+//! Each model is kept to a few threads and operations, with a preemption bound, so the whole file
+//! finishes in seconds. `LOOM_MAX_PREEMPTIONS` overrides the bound for a deeper search.
+
+#![cfg(loom)]
+
+use std::sync::Arc;
+
+use gdrx_ring::{Full, RecycleRing, Recycler, ReturnError, SlotState};
+use loom::thread;
+
+/// Explores every interleaving of `f` with at most `LOOM_MAX_PREEMPTIONS` (default 4)
+/// preemptions per execution.
+fn model(f: impl Fn() + Send + Sync + 'static) {
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(4);
+    }
+    builder.check(f);
+}
+
+fn producer_of(v: u64) -> u64 {
+    v >> 32
+}
+
+fn lend(r: &Recycler, slot: u32) -> u32 {
+    r.slots().mark_posted(slot).unwrap();
+    r.slots().lend(slot).unwrap()
+}
+
+#[test]
+fn two_producers_one_consumer_no_loss_no_duplicate_fifo() {
+    model(|| {
+        let ring = RecycleRing::with_capacity(4);
+        let mut consumer = ring.consumer().unwrap();
+        let producers: Vec<_> = (0..2u64)
+            .map(|p| {
+                let ring = Arc::clone(&ring);
+                thread::spawn(move || {
+                    for i in 0..2 {
+                        ring.push((p << 32) | i).unwrap();
+                    }
+                })
+            })
+            .collect();
+        // Pop while the producers run, then take what is left once they are done.
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            got.extend(consumer.pop());
+        }
+        for p in producers {
+            p.join().unwrap();
+        }
+        consumer.drain(usize::MAX, |v| got.push(v));
+        assert_eq!(got.len(), 4, "lost or duplicated values: {got:?}");
+        for p in 0..2 {
+            let mine: Vec<u64> = got
+                .iter()
+                .copied()
+                .filter(|&v| producer_of(v) == p)
+                .collect();
+            assert_eq!(mine, [p << 32, (p << 32) | 1], "per-producer FIFO: {got:?}");
+        }
+        assert!(ring.is_empty());
+    });
+}
+
+#[test]
+fn push_on_full_ring_hands_value_back_and_loses_nothing() {
+    model(|| {
+        let ring = RecycleRing::with_capacity(2);
+        let mut consumer = ring.consumer().unwrap();
+        ring.push(0).unwrap();
+        ring.push(1).unwrap();
+        assert_eq!(ring.push(9), Err(Full(9)));
+        let producer = {
+            let ring = Arc::clone(&ring);
+            thread::spawn(move || ring.push(2))
+        };
+        // Frees one entry while the producer may be looking at it.
+        assert_eq!(consumer.pop(), Some(0));
+        let pushed = producer.join().unwrap();
+        let mut rest = Vec::new();
+        consumer.drain(usize::MAX, |v| rest.push(v));
+        match pushed {
+            Ok(()) => assert_eq!(rest, [1, 2]),
+            Err(Full(v)) => {
+                assert_eq!(v, 2, "Full hands the same value back");
+                assert_eq!(rest, [1]);
+            }
+        }
+    });
+}
+
+#[test]
+fn wrap_around_capacity_two_several_laps() {
+    const N: u64 = 5; // two and a half laps of a 2-entry ring
+    model(|| {
+        let ring = RecycleRing::with_capacity(2);
+        let mut consumer = ring.consumer().unwrap();
+        let producer = {
+            let ring = Arc::clone(&ring);
+            thread::spawn(move || {
+                for v in 0..N {
+                    while ring.push(v).is_err() {
+                        thread::yield_now();
+                    }
+                }
+            })
+        };
+        let mut next = 0;
+        while next < N {
+            match consumer.pop() {
+                Some(v) => {
+                    assert_eq!(v, next, "FIFO across laps");
+                    next += 1;
+                }
+                None => thread::yield_now(),
+            }
+        }
+        producer.join().unwrap();
+        assert_eq!(consumer.pop(), None);
+        assert_eq!(ring.total_pushed(), N);
+    });
+}
+
+#[test]
+fn one_consumer_handle_at_a_time() {
+    model(|| {
+        let ring = RecycleRing::with_capacity(2);
+        ring.push(1).unwrap();
+        let takers: Vec<_> = (0..2)
+            .map(|_| {
+                let ring = Arc::clone(&ring);
+                thread::spawn(move || ring.consumer().map(|mut c| c.pop()))
+            })
+            .collect();
+        let results: Vec<_> = takers.into_iter().map(|t| t.join().unwrap()).collect();
+        // Either one thread got the handle and the other was refused, or the first handle was
+        // dropped before the second was asked for; the value is popped exactly once.
+        let popped: Vec<u64> = results.iter().flatten().flatten().copied().collect();
+        assert_eq!(popped, [1], "{results:?}");
+        assert!(ring.consumer().is_some(), "right returned on drop");
+    });
+}
+
+#[test]
+fn concurrent_double_return_exactly_one_wins() {
+    model(|| {
+        let r = Recycler::new(2);
+        let gen = lend(&r, 0);
+        let mut poller = r.consumer().unwrap();
+        let returners: Vec<_> = (0..2)
+            .map(|_| {
+                let r = Arc::clone(&r);
+                thread::spawn(move || r.give_back(0, gen))
+            })
+            .collect();
+        // The poller drains while the returns race.
+        let mut drained = Vec::new();
+        poller.drain(usize::MAX, |s| drained.push(s));
+        let results: Vec<_> = returners.into_iter().map(|t| t.join().unwrap()).collect();
+        poller.drain(usize::MAX, |s| drained.push(s));
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{results:?}"
+        );
+        assert!(results.contains(&Err(ReturnError::Duplicate { slot: 0, gen })));
+        assert_eq!(drained, [0], "exactly one entry queued");
+        assert_eq!(r.slots().rejected().duplicate, 1);
+        assert_eq!(r.slots().rejected().total(), 1);
+        assert_eq!(r.slots().state(0), Some((SlotState::Free, gen)));
+        assert_eq!(r.recycled(), 1);
+    });
+}
+
+#[test]
+fn return_races_reclaim_and_relend_stale_is_rejected() {
+    model(|| {
+        let r = Recycler::new(1);
+        let g1 = lend(&r, 0);
+        let mut poller = r.consumer().unwrap();
+        // The lease holder and a buggy second return of the same lease.
+        let returners: Vec<_> = (0..2)
+            .map(|_| {
+                let r = Arc::clone(&r);
+                thread::spawn(move || r.give_back(0, g1))
+            })
+            .collect();
+        // Poller: wait for the slot, reclaim it, repost it, and lend it again.
+        while poller.drain(1, |s| assert_eq!(s, 0)) == 0 {
+            thread::yield_now();
+        }
+        r.slots().mark_posted(0).unwrap();
+        let g2 = r.slots().lend(0).unwrap();
+        assert_eq!(g2, g1 + 1);
+        let results: Vec<_> = returners.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{results:?}"
+        );
+        let rejected = results.iter().find_map(|r| r.err()).unwrap();
+        assert!(
+            rejected == ReturnError::Duplicate { slot: 0, gen: g1 }
+                || rejected
+                    == ReturnError::Stale {
+                        slot: 0,
+                        gen: g1,
+                        current: g2
+                    },
+            "{rejected:?}"
+        );
+        // The new lease is unaffected and comes back exactly once.
+        r.give_back(0, g2).unwrap();
+        let mut drained = Vec::new();
+        poller.drain(usize::MAX, |s| drained.push(s));
+        assert_eq!(drained, [0]);
+        assert_eq!(r.slots().rejected().total(), 1);
+        assert_eq!(r.recycled(), 2);
+        assert_eq!(r.reclaim_failures(), 0);
+    });
+}
+
+#[test]
+fn validated_return_never_finds_the_ring_full() {
+    // Two slots, a 2-entry ring. Slot 0 is returned, reclaimed, re-lent and returned again
+    // while slot 1's return is in flight, so slot 1's push can land one lap after slot 0's
+    // first entry: it must see that entry freed (through the tail's Acquire/Release chain)
+    // even though nothing else orders it after the poller.
+    model(|| {
+        let r = Recycler::new(2);
+        let a1 = lend(&r, 0);
+        let b1 = lend(&r, 1);
+        let mut poller = r.consumer().unwrap();
+        let ra = {
+            let r = Arc::clone(&r);
+            thread::spawn(move || r.give_back(0, a1))
+        };
+        let rb = {
+            let r = Arc::clone(&r);
+            thread::spawn(move || r.give_back(1, b1))
+        };
+        let mut drained = Vec::new();
+        while !drained.contains(&0) {
+            if poller.drain(1, |s| drained.push(s)) == 0 {
+                thread::yield_now();
+            }
+        }
+        r.slots().mark_posted(0).unwrap();
+        let a2 = r.slots().lend(0).unwrap();
+        assert_eq!(r.give_back(0, a2), Ok(()));
+        assert_eq!(ra.join().unwrap(), Ok(()));
+        assert_eq!(rb.join().unwrap(), Ok(()));
+        poller.drain(usize::MAX, |s| drained.push(s));
+        drained.sort_unstable();
+        assert_eq!(drained, [0, 0, 1]);
+        assert_eq!(r.slots().rejected().total(), 0);
+        assert_eq!(r.slots().counts().free, 2);
+    });
+}
+
+#[test]
+fn lease_learned_without_synchronization_still_finds_room() {
+    // The returner learns of each new lease only by retrying give_back until the slot word says
+    // Lent(gen): no channel orders it after the poller. Its third return lands one lap after
+    // its first and must see that entry freed by the poller, which only lend's Release (paired
+    // with give_back's Acquire) guarantees.
+    model(|| {
+        let r = Recycler::new(1);
+        let g1 = lend(&r, 0);
+        let mut poller = r.consumer().unwrap();
+        let returner = {
+            let r = Arc::clone(&r);
+            thread::spawn(move || {
+                for gen in g1..g1 + 3 {
+                    loop {
+                        match r.give_back(0, gen) {
+                            Ok(()) => break,
+                            Err(ReturnError::Stale { .. }) => thread::yield_now(),
+                            Err(e) => panic!("return of a live lease failed: {e}"),
+                        }
+                    }
+                }
+            })
+        };
+        for round in 0..3 {
+            while poller.drain(1, |s| assert_eq!(s, 0)) == 0 {
+                thread::yield_now();
+            }
+            if round < 2 {
+                lend(&r, 0);
+            }
+        }
+        returner.join().unwrap();
+        assert_eq!(r.recycled(), 3);
+        assert_eq!(r.slots().state(0), Some((SlotState::Free, g1 + 2)));
+    });
+}

@@ -1,0 +1,444 @@
+//! Leases: owned, `Send` handles on received buffers, and the ways a buffer goes back.
+//!
+//! A [`Lease`] is made by the poller from a successful receive completion. Dropping it (on any
+//! thread) returns its slot through the lock-free recycle ring; [`Lease::into_raw`] turns it
+//! into a plain `(slot, generation)` pair for consumers that cannot hold Rust values (Python,
+//! C), which later return it with [`Returner::give_back`], the analogue of an io_uring zcrx
+//! refill entry. Every return is validated: a duplicate, stale, out-of-range return, or a raw
+//! return of a slot a live `Lease` still holds, is rejected, counted and reported, and never
+//! reposts anything.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use gdrx_ring::{Recycler, ReturnError, SlotState};
+
+use crate::mr::Mr;
+use crate::pool::metrics::ReturnMetrics;
+use crate::pool::RegistrationPath;
+use crate::provider::{MemoryKind, Region};
+use crate::srq::Srq;
+
+/// One registered region of the pool.
+pub(crate) struct RegionEntry {
+    // Field order is drop order: the MR is deregistered before the memory is released.
+    pub(crate) mr: Mr,
+    pub(crate) region: Arc<dyn Region>,
+    /// CPU address of the region's first byte when the CPU may read it, else 0.
+    pub(crate) cpu: usize,
+    pub(crate) path: RegistrationPath,
+}
+
+impl fmt::Debug for RegionEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegionEntry")
+            .field("mr", &self.mr)
+            .field("region", &self.region)
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// Slot geometry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Layout {
+    pub(crate) slot_size: u32,
+    pub(crate) slots_per_region: u32,
+    /// Header bytes per slot (header split), 0 without.
+    pub(crate) header_bytes: u32,
+}
+
+/// What the pool, its returners and its leases share. It lives until the last of them is gone,
+/// so a lease's memory stays valid after the pool itself was dropped.
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) provider: String,
+    pub(crate) kind: MemoryKind,
+    pub(crate) readable: bool,
+    pub(crate) layout: Layout,
+    pub(crate) recycler: Arc<Recycler>,
+    /// Per slot: the current generation was turned into a raw pair by `Lease::into_raw`.
+    raw: Box<[AtomicBool]>,
+    held_by_lease: AtomicU64,
+    ret_metrics: ReturnMetrics,
+    // Field order is drop order. The SRQ goes first: if this is its last reference, it is
+    // destroyed (discarding the receives still posted) before the MRs those receives point into.
+    pub(crate) srq: Arc<Srq>,
+    pub(crate) regions: Box<[OnceLock<RegionEntry>]>,
+    pub(crate) headers: Box<[OnceLock<RegionEntry>]>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("name", &self.name)
+            .field("provider", &self.provider)
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        name: String,
+        provider: String,
+        kind: MemoryKind,
+        readable: bool,
+        layout: Layout,
+        max_slots: u32,
+        max_regions: u32,
+        srq: Arc<Srq>,
+        ret_metrics: ReturnMetrics,
+    ) -> Shared {
+        Shared {
+            name,
+            provider,
+            kind,
+            readable,
+            layout,
+            recycler: Recycler::new(max_slots),
+            raw: (0..max_slots).map(|_| AtomicBool::new(false)).collect(),
+            held_by_lease: AtomicU64::new(0),
+            ret_metrics,
+            srq,
+            regions: (0..max_regions).map(|_| OnceLock::new()).collect(),
+            headers: (0..max_regions).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Called by the poller before it lends a slot: the new generation starts as a `Lease`.
+    pub(crate) fn clear_raw(&self, slot: u32) {
+        // Relaxed: the lend that follows (a Release store in the slot table) publishes it.
+        self.raw[slot as usize].store(false, Ordering::Relaxed);
+    }
+
+    pub(crate) fn held_by_lease(&self) -> u64 {
+        self.held_by_lease.load(Ordering::Relaxed)
+    }
+
+    fn count_rejection(&self, e: &ReturnError) {
+        match e {
+            ReturnError::Duplicate { .. } => self.ret_metrics.duplicate.increment(1),
+            ReturnError::Stale { .. } => self.ret_metrics.stale.increment(1),
+            ReturnError::OutOfRange { .. } => self.ret_metrics.out_of_range.increment(1),
+            _ => {}
+        }
+    }
+
+    fn give_back(&self, slot: u32, gen: u32) -> Result<(), ReturnError> {
+        let r = self.recycler.give_back(slot, gen);
+        if let Err(e) = &r {
+            self.count_rejection(e);
+        }
+        r
+    }
+
+    /// Where slot `slot`'s payload (and header) live: (region entry, byte offset).
+    fn locate<'a>(
+        &'a self,
+        table: &'a [OnceLock<RegionEntry>],
+        slot: u32,
+        stride: u32,
+    ) -> Option<(&'a RegionEntry, usize)> {
+        let spr = self.layout.slots_per_region;
+        let r = table.get((slot / spr) as usize)?.get()?;
+        Some((r, (slot % spr) as usize * stride as usize))
+    }
+}
+
+/// A received buffer, lent to the consumer. `Send`: it may be handed to another thread.
+/// Dropping it returns the slot to the pool (lock-free, no allocation).
+pub struct Lease {
+    shared: Arc<Shared>,
+    slot: u32,
+    gen: u32,
+    len: u32,
+    imm: Option<u32>,
+    qp_num: u32,
+    src_qp: u32,
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("pool", &self.shared.name)
+            .field("slot", &self.slot)
+            .field("gen", &self.gen)
+            .field("len", &self.len)
+            .field("imm", &self.imm)
+            .field("qp_num", &format_args!("{:#x}", self.qp_num))
+            .finish()
+    }
+}
+
+/// The payload of a lease lives in memory the CPU cannot read (device memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "slot {slot} lies in {kind} memory, which the CPU cannot read; read it on its device \
+     (Lease::payload_addr) or use header split for the bytes the CPU needs"
+)]
+pub struct Unreadable {
+    /// The slot.
+    pub slot: u32,
+    /// The kind of memory it lies in.
+    pub kind: MemoryKind,
+}
+
+impl Lease {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        slot: u32,
+        gen: u32,
+        len: u32,
+        imm: Option<u32>,
+        qp_num: u32,
+        src_qp: u32,
+    ) -> Lease {
+        Lease {
+            shared,
+            slot,
+            gen,
+            len,
+            imm,
+            qp_num,
+            src_qp,
+        }
+    }
+
+    /// The slot index.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    /// The slot's generation: unique per lend of this slot.
+    pub fn generation(&self) -> u32 {
+        self.gen
+    }
+
+    /// Bytes received (header and payload together).
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// True for a zero-byte message.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The immediate data, for SEND_WITH_IMM and RDMA WRITE_WITH_IMM.
+    pub fn imm(&self) -> Option<u32> {
+        self.imm
+    }
+
+    /// The local QP the message arrived on.
+    pub fn qp_num(&self) -> u32 {
+        self.qp_num
+    }
+
+    /// The sender's QP number (meaningful for UD; RC reports the connected peer's).
+    pub fn src_qp(&self) -> u32 {
+        self.src_qp
+    }
+
+    /// The bytes that landed in the header buffer (header split), else an empty slice. Header
+    /// memory is always CPU-readable.
+    pub fn header(&self) -> &[u8] {
+        let hb = self.shared.layout.header_bytes;
+        if hb == 0 {
+            return &[];
+        }
+        let n = self.len.min(hb) as usize;
+        let Some((r, off)) = self.shared.locate(&self.shared.headers, self.slot, hb) else {
+            return &[];
+        };
+        // SAFETY: header regions are CPU-readable (checked when the pool was built); the slot
+        // is Lent to this lease, so the pool does not repost it (and the NIC does not write it)
+        // until the lease is dropped or turned raw, both of which end this borrow; `off + n`
+        // lies inside the region (n <= header_bytes, off = index * header_bytes).
+        unsafe { std::slice::from_raw_parts((r.cpu + off) as *const u8, n) }
+    }
+
+    /// Bytes received into the payload slot.
+    pub fn payload_len(&self) -> usize {
+        self.len.saturating_sub(self.shared.layout.header_bytes) as usize
+    }
+
+    /// The payload bytes (all bytes, without header split).
+    ///
+    /// # Errors
+    /// [`Unreadable`] when the pool's memory is device memory.
+    pub fn payload(&self) -> Result<&[u8], Unreadable> {
+        let (r, off) = self.payload_location();
+        if !self.shared.readable || r.cpu == 0 {
+            return Err(Unreadable {
+                slot: self.slot,
+                kind: self.shared.kind,
+            });
+        }
+        // SAFETY: the region is CPU-readable (cpu != 0 only then); the slot is Lent to this
+        // lease, so nothing writes it while `&self` is borrowed (see `header`); `off +
+        // payload_len` <= `off + slot_size`, inside the region.
+        Ok(unsafe { std::slice::from_raw_parts((r.cpu + off) as *const u8, self.payload_len()) })
+    }
+
+    /// The payload's address as registered with the NIC (the IOVA for dma-buf MRs, the device
+    /// pointer for GPU memory), for consumers that read it on the device.
+    pub fn payload_addr(&self) -> u64 {
+        let (r, off) = self.payload_location();
+        r.mr.iova() + off as u64
+    }
+
+    /// The region the payload lives in (downcast with `Region::as_any`).
+    pub fn region(&self) -> &Arc<dyn Region> {
+        &self.payload_location().0.region
+    }
+
+    fn payload_location(&self) -> (&RegionEntry, usize) {
+        self.shared
+            .locate(
+                &self.shared.regions,
+                self.slot,
+                self.shared.layout.slot_size,
+            )
+            .expect("a lent slot lies in a registered region")
+    }
+
+    /// A handle that can return raw slots to this lease's pool.
+    pub fn returner(&self) -> Returner {
+        Returner(Arc::clone(&self.shared))
+    }
+
+    /// Gives up the lease without returning the slot: the caller now owns `(slot, generation)`
+    /// and must hand it back with [`Returner::give_back`] exactly once. The slot's memory stays
+    /// valid as long as a [`Returner`] of the pool (or the pool) is alive.
+    pub fn into_raw(self) -> RawLease {
+        let raw = RawLease {
+            slot: self.slot,
+            gen: self.gen,
+            len: self.len,
+        };
+        // Release: a raw return that observes the flag also observes that the Lease is gone.
+        self.shared.raw[self.slot as usize].store(true, Ordering::Release);
+        let mut me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `me` is never used again and its Drop does not run; the Arc is dropped once.
+        unsafe { std::ptr::drop_in_place(&mut me.shared) };
+        raw
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Err(e) = self.shared.give_back(self.slot, self.gen) {
+            // Cannot happen unless a raw return forged this lease's pair; never repost twice.
+            tracing::error!(pool = %self.shared.name, error = %e, "lease return rejected");
+        }
+    }
+}
+
+/// A lease turned into plain numbers ([`Lease::into_raw`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RawLease {
+    /// The slot index.
+    pub slot: u32,
+    /// The generation.
+    pub gen: u32,
+    /// Bytes received.
+    pub len: u32,
+}
+
+/// Returns raw `(slot, generation)` pairs to a pool from any thread; cheap to clone. Holding
+/// one keeps the pool's memory valid.
+#[derive(Clone)]
+pub struct Returner(pub(crate) Arc<Shared>);
+
+impl fmt::Debug for Returner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Returner").field(&self.0.name).finish()
+    }
+}
+
+/// Why a raw return was refused. Nothing was reposted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RawReturnError {
+    /// Rejected by the recycle protocol (duplicate, stale, out of range).
+    #[error(transparent)]
+    Rejected(#[from] ReturnError),
+    /// The pair is held by a live [`Lease`]; only its drop returns it.
+    #[error(
+        "slot {slot} generation {gen} is held by a live Lease: it is returned when that lease is \
+         dropped, not by a raw return (nothing was reposted)"
+    )]
+    HeldByLease {
+        /// The slot.
+        slot: u32,
+        /// The generation.
+        gen: u32,
+    },
+}
+
+impl Returner {
+    /// Returns a raw pair made by [`Lease::into_raw`]. Exactly one return per pair succeeds;
+    /// duplicates, stale generations, out-of-range slots and pairs still held by a `Lease` are
+    /// rejected and counted (`gdrx_pool_rejected_returns_total`).
+    ///
+    /// # Errors
+    /// [`RawReturnError`], saying which rule the return broke.
+    pub fn give_back(&self, slot: u32, gen: u32) -> Result<(), RawReturnError> {
+        let s = &self.0;
+        if let Some((SlotState::Lent, cur)) = s.recycler.slots().state(slot) {
+            // Acquire pairs with the Release in `into_raw`: if the flag is not set for the
+            // generation the table shows as Lent, a Lease value still owns that generation.
+            if cur == gen && !s.raw[slot as usize].load(Ordering::Acquire) {
+                s.held_by_lease.fetch_add(1, Ordering::Relaxed);
+                s.ret_metrics.held_by_lease.increment(1);
+                return Err(RawReturnError::HeldByLease { slot, gen });
+            }
+        }
+        Ok(s.give_back(slot, gen)?)
+    }
+
+    /// Returns a [`RawLease`].
+    ///
+    /// # Errors
+    /// As [`Returner::give_back`].
+    pub fn give_back_raw(&self, raw: RawLease) -> Result<(), RawReturnError> {
+        self.give_back(raw.slot, raw.gen)
+    }
+
+    /// The payload bytes of a raw pair that is still out (not yet returned).
+    ///
+    /// # Safety
+    /// The caller must hold `(slot, gen)` as a raw lease (from [`Lease::into_raw`]) and must not
+    /// return it while the slice is alive.
+    ///
+    /// # Errors
+    /// [`Unreadable`] for device memory; `None` inside when the pair is not out.
+    pub unsafe fn raw_payload(&self, raw: RawLease) -> Result<Option<&[u8]>, Unreadable> {
+        let s = &self.0;
+        match s.recycler.slots().state(raw.slot) {
+            Some((SlotState::Lent, cur)) if cur == raw.gen => {}
+            _ => return Ok(None),
+        }
+        let Some((r, off)) = s.locate(&s.regions, raw.slot, s.layout.slot_size) else {
+            return Ok(None);
+        };
+        if !s.readable || r.cpu == 0 {
+            return Err(Unreadable {
+                slot: raw.slot,
+                kind: s.kind,
+            });
+        }
+        let n = raw
+            .len
+            .saturating_sub(s.layout.header_bytes)
+            .min(s.layout.slot_size) as usize;
+        // SAFETY: readable region; the caller owns the pair and keeps it out while the slice
+        // lives, so the slot is not reposted; the range is inside the slot.
+        Ok(Some(unsafe {
+            std::slice::from_raw_parts((r.cpu + off) as *const u8, n)
+        }))
+    }
+}
