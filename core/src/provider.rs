@@ -9,7 +9,7 @@
 //! A region describes itself with a [`RegionDesc`]:
 //! - how the NIC can register it: a dma-buf (fd, offset, IOVA) for `ibv_reg_dmabuf_mr`, an
 //!   address for `ibv_reg_mr`, or both (the pool tries dma-buf first and reports when it falls
-//!   back, see [`RegistrationPath`]);
+//!   back, see [`crate::pool::RegistrationPath`]);
 //! - whether the CPU may read it ([`RegionDesc::cpu_readable`]): device memory is *unreadable*,
 //!   and a pool only accepts unreadable memory when its user opts in (like drivers opting in
 //!   with `PP_FLAG_ALLOW_UNREADABLE_NETMEM`);
