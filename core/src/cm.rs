@@ -808,7 +808,7 @@ impl ConnectRequest {
             spec.timeout,
         )?;
         Ok(Connection {
-            qp,
+            qp: Arc::new(qp),
             id: self.id,
             channel: self.channel,
             peer: self.peer,
@@ -927,7 +927,7 @@ pub fn connect(
         return Err(cm_err("rdma_establish", Some(dst)));
     }
     Ok(Connection {
-        qp,
+        qp: Arc::new(qp),
         id,
         channel,
         peer: Some(dst),
@@ -953,7 +953,7 @@ pub enum ConnEvent {
 /// An established RC connection.
 pub struct Connection {
     // Field order: QP destroyed before the CM id, the id before its channel.
-    qp: QueuePair,
+    qp: Arc<QueuePair>,
     id: CmId,
     channel: EventChannel,
     peer: Option<SocketAddr>,
@@ -981,6 +981,13 @@ impl Connection {
     /// The queue pair.
     pub fn qp(&self) -> &QueuePair {
         &self.qp
+    }
+
+    /// The queue pair, shared: for a [`crate::Pool`] that feeds this QP's own receive queue
+    /// ([`crate::Pool::for_qp`]). The QP may outlive the connection; it is in the error state
+    /// once the connection is gone.
+    pub fn shared_qp(&self) -> Arc<QueuePair> {
+        Arc::clone(&self.qp)
     }
 
     /// The peer's address.

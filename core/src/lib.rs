@@ -1,9 +1,10 @@
 //! # gdrx-core
 //!
-//! The verbs layer of gdrx, the RDMA receive path into GPU, huge-page and host memory: safe,
-//! owning types for RDMA devices, protection domains, memory regions (virtual-address and
-//! dma-buf), completion queues (busy polling and event mode), shared receive queues, RC queue
-//! pairs and RDMA CM connections. Built on [`sideway`] (devices, PDs, MRs) and its raw crate
+//! The verbs layer and receive buffer pool of gdrx, the RDMA receive path into GPU, huge-page
+//! and host memory: safe, owning types for RDMA devices, protection domains, memory regions
+//! (virtual-address and dma-buf), completion queues (busy polling and event mode), shared
+//! receive queues, RC queue pairs and RDMA CM connections, plus the memory-provider trait and the
+//! receive buffer pool. Built on [`sideway`] (devices, PDs, MRs) and its raw crate
 //! `rdma-mummy-sys` (everything sideway lacks: SRQ, CQ events, QPs on an SRQ, RDMA CM with
 //! private data).
 //!
@@ -61,8 +62,15 @@
 //!
 //! ## Unsafe
 //! Posting work requests is `unsafe`: the caller promises the SGEs lie in registered memory that
-//! nothing else touches until the completion comes back. gdrx's buffer pool (a later layer)
-//! wraps this so a buffer moves into the posted request and comes back with the completion.
+//! nothing else touches until the completion comes back. The buffer pool ([`pool`]) wraps this:
+//! a slot moves into the posted request and comes back as a [`Lease`] with the completion, so
+//! safe code never touches memory the NIC owns. Memory providers implement the `unsafe trait`
+//! [`Provider`] (implementors promise their regions stay mapped and pinned).
+//!
+//! ## The buffer pool
+//! [`Pool`] keeps an SRQ (or one QP's receive queue) filled from a [`Provider`]'s memory, lends
+//! each completed buffer as a [`Lease`], and takes it back through the lock-free recycle ring of
+//! `gdrx-ring`; see the [`pool`] module for the design and the `metrics` it records.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -94,7 +102,7 @@ pub use mem::{page_size, HostMemory};
 pub use mr::{Access, Mr, MrKind};
 pub use pd::{DmabufSupport, Pd};
 pub use pool::{
-    HeaderSplit, Lease, Pool, PoolConfig, PoolReport, PoolStats, RawLease, RecvEvent,
+    HeaderSplit, Lease, Pool, PoolConfig, PoolReport, PoolStats, RawLease, RecvEvent, RecvQueue,
     RegistrationPath, RegistrationPolicy, Returner, TeardownReport,
 };
 pub use provider::{DmabufView, MemoryKind, Provider, ProviderCheck, Region, RegionDesc};

@@ -90,6 +90,9 @@ pub struct PoolTest {
     pub op: OpKind,
     /// Event-mode CQ instead of busy polling.
     pub events: bool,
+    /// Feed each connection's own receive queue (`Pool::for_qp`, one connection) instead of an
+    /// SRQ.
+    pub qp_mode: bool,
     /// What the consumers do.
     pub consumers: Consumers,
     /// Keep this many leases when every message has arrived and close the pool while they are
@@ -287,21 +290,34 @@ pub fn run_pool(
     } else {
         Cq::new(&dev, depth + 64)?
     };
-    let srq = Srq::new(
-        &pd,
-        SrqConfig {
-            max_wr: depth,
-            max_sge: if t.pool.header_split.is_some() { 2 } else { 1 },
-            limit: 0,
-        },
-    )?;
-    let mut pool = Pool::new(&srq, &cq, Arc::clone(&t.provider), t.pool.clone())?;
+    let sges = if t.pool.header_split.is_some() { 2 } else { 1 };
+    if t.qp_mode && t.conns != 1 {
+        bail!("QP mode feeds one connection's receive queue: use conns = 1");
+    }
+    let srq = if t.qp_mode {
+        None
+    } else {
+        Some(Srq::new(
+            &pd,
+            SrqConfig {
+                max_wr: depth,
+                max_sge: sges,
+                limit: 0,
+            },
+        )?)
+    };
+    let mut pool = match &srq {
+        Some(srq) => Some(Pool::new(
+            srq,
+            &cq,
+            Arc::clone(&t.provider),
+            t.pool.clone(),
+        )?),
+        None => None,
+    };
     let header = t.pool.header_split.as_ref().map_or(0, |h| h.bytes);
     let max_msg = t.pool.slot_size + header;
-    let mut out = PoolOutcome {
-        report: Some(pool.report()),
-        ..Default::default()
-    };
+    let mut out = PoolOutcome::default();
 
     let mut listener = Listener::bind(SocketAddr::new(env.ip, 0), 64)?;
     let plan = Plan {
@@ -318,7 +334,11 @@ pub fn run_pool(
         first_tag: 0,
     };
     let mut child = spawn_peer(peer_exe, &plan)?;
-    let spec = ConnectionSpec::new(&pd, &cq, &cq, Some(&srq));
+    let mut spec = ConnectionSpec::new(&pd, &cq, &cq, srq.as_ref());
+    if t.qp_mode {
+        spec.qp.max_recv_wr = depth;
+        spec.qp.max_recv_sge = sges;
+    }
     let mut conns = Vec::new();
     let mut by_qp: HashMap<u32, (u32, u32)> = HashMap::new();
     let accept_deadline = Instant::now() + Duration::from_secs(120);
@@ -350,8 +370,21 @@ pub fn run_pool(
         };
         let conn = req.accept(&spec, &welcome.encode())?;
         by_qp.insert(conn.qp().qp_num(), (hello.conn_tag, 0));
+        if pool.is_none() {
+            // QP mode: the pool fills this connection's own receive queue (the sender retries
+            // on RNR until it has).
+            let qp = conn.shared_qp();
+            pool = Some(Pool::for_qp(
+                &qp,
+                &cq,
+                Arc::clone(&t.provider),
+                t.pool.clone(),
+            )?);
+        }
         conns.push(conn);
     }
+    let mut pool = pool.context("no pool")?;
+    out.report = Some(pool.report());
 
     let has_imm = t.op.has_imm();
     let held = Arc::new(Held(

@@ -16,9 +16,8 @@ use gdrx_ring::{Recycler, ReturnError, SlotState};
 
 use crate::mr::Mr;
 use crate::pool::metrics::ReturnMetrics;
-use crate::pool::RegistrationPath;
+use crate::pool::{RecvQueue, RegistrationPath};
 use crate::provider::{MemoryKind, Region};
-use crate::srq::Srq;
 
 /// One registered region of the pool.
 pub(crate) struct RegionEntry {
@@ -62,9 +61,9 @@ pub(crate) struct Shared {
     raw: Box<[AtomicBool]>,
     held_by_lease: AtomicU64,
     ret_metrics: ReturnMetrics,
-    // Field order is drop order. The SRQ goes first: if this is its last reference, it is
-    // destroyed (discarding the receives still posted) before the MRs those receives point into.
-    pub(crate) srq: Arc<Srq>,
+    // Field order is drop order. The receive queue goes first: if this is its last reference,
+    // it is destroyed (discarding the receives still posted) before the MRs they point into.
+    pub(crate) queue: RecvQueue,
     pub(crate) regions: Box<[OnceLock<RegionEntry>]>,
     pub(crate) headers: Box<[OnceLock<RegionEntry>]>,
 }
@@ -89,7 +88,7 @@ impl Shared {
         layout: Layout,
         max_slots: u32,
         max_regions: u32,
-        srq: Arc<Srq>,
+        queue: RecvQueue,
         ret_metrics: ReturnMetrics,
     ) -> Shared {
         Shared {
@@ -102,7 +101,7 @@ impl Shared {
             raw: (0..max_slots).map(|_| AtomicBool::new(false)).collect(),
             held_by_lease: AtomicU64::new(0),
             ret_metrics,
-            srq,
+            queue,
             regions: (0..max_regions).map(|_| OnceLock::new()).collect(),
             headers: (0..max_regions).map(|_| OnceLock::new()).collect(),
         }

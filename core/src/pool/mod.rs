@@ -41,12 +41,74 @@ use lease::{Layout, RegionEntry, Shared};
 
 use crate::cq::{Cq, WorkCompletion};
 use crate::device::Device;
+use crate::error::PostError;
 use crate::error::{Error, Result, WcError};
 use crate::mr::Access;
 use crate::pd::DmabufSupport;
+use crate::pd::Pd;
 use crate::provider::{MemoryKind, Provider, ProviderCheck, Region};
+use crate::qp::QueuePair;
 use crate::srq::Srq;
 use crate::wr::RecvBatch;
+
+/// The receive queue a pool keeps filled: an SRQ (any number of QPs) or one QP's own receive
+/// queue.
+#[derive(Debug, Clone)]
+pub enum RecvQueue {
+    /// A shared receive queue.
+    Srq(Arc<Srq>),
+    /// The receive queue of one QP (created without an SRQ).
+    Qp(Arc<QueuePair>),
+}
+
+impl RecvQueue {
+    fn pd(&self) -> &Arc<Pd> {
+        match self {
+            RecvQueue::Srq(s) => s.pd(),
+            RecvQueue::Qp(q) => q.pd(),
+        }
+    }
+
+    fn max_wr(&self) -> u32 {
+        match self {
+            RecvQueue::Srq(s) => s.max_wr(),
+            RecvQueue::Qp(q) => q.caps().max_recv_wr,
+        }
+    }
+
+    fn max_sge(&self) -> u32 {
+        match self {
+            RecvQueue::Srq(s) => s.max_sge(),
+            RecvQueue::Qp(q) => q.caps().max_recv_sge,
+        }
+    }
+
+    fn what(&self) -> &'static str {
+        match self {
+            RecvQueue::Srq(_) => "SRQ",
+            RecvQueue::Qp(_) => "QP receive queue",
+        }
+    }
+
+    /// True when something besides the pool holds the queue.
+    fn is_shared(&self) -> bool {
+        match self {
+            RecvQueue::Srq(s) => Arc::strong_count(s) > 1,
+            RecvQueue::Qp(q) => Arc::strong_count(q) > 1,
+        }
+    }
+
+    /// # Safety
+    /// As [`Srq::post_recv`].
+    unsafe fn post(&self, batch: &mut RecvBatch) -> Result<(), PostError> {
+        match self {
+            // SAFETY: forwarded from the caller.
+            RecvQueue::Srq(s) => unsafe { s.post_recv(batch) },
+            // SAFETY: forwarded from the caller.
+            RecvQueue::Qp(q) => unsafe { q.post_recv(batch) },
+        }
+    }
+}
 
 /// Which registration paths the pool may use for its regions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -315,8 +377,9 @@ pub struct TeardownReport {
     pub posted: u32,
     /// Free slots.
     pub free: u32,
-    /// True when something else (a QP) still holds the SRQ, so it outlives the pool.
-    pub srq_shared: bool,
+    /// True when something else (a QP, the caller) still holds the receive queue, so it
+    /// outlives the pool.
+    pub queue_shared: bool,
     /// Rejected returns over the pool's life.
     pub rejected: RejectCounts,
 }
@@ -326,15 +389,15 @@ impl fmt::Display for TeardownReport {
         write!(
             f,
             "pool `{}` closed: {} slots; {} still lent (memory kept until they are returned), {} \
-             returned, {} posted receives discarded with the SRQ{}, {} free; {} rejected returns",
+             returned, {} posted receives discarded with the receive queue{}, {} free; {} rejected returns",
             self.name,
             self.carved,
             self.lent,
             self.returned,
             self.posted,
-            if self.srq_shared {
-                " (the SRQ is still held by its QPs: messages arriving there fail once the last \
-                 lease is gone and the MRs are deregistered)"
+            if self.queue_shared {
+                " (the receive queue is still held elsewhere: messages arriving there fail once \
+                 the last lease is gone and the MRs are deregistered)"
             } else {
                 ""
             },
@@ -369,6 +432,8 @@ pub struct Pool {
     batch: RecvBatch,
     wcs: Vec<WorkCompletion>,
     exhausted: bool,
+    /// The QP's receive queue flushed (QP in the error state): stop posting.
+    flushed: bool,
     grow_error: Option<String>,
     stats: PoolStats,
     metrics: metrics::PollerMetrics,
@@ -406,7 +471,38 @@ impl Pool {
         provider: Arc<dyn Provider>,
         cfg: PoolConfig,
     ) -> Result<Pool> {
-        let device = Arc::clone(srq.pd().device());
+        Pool::build(RecvQueue::Srq(Arc::clone(srq)), cq, provider, cfg)
+    }
+
+    /// Builds a pool feeding the receive queue of one QP (created without an SRQ, e.g. through
+    /// [`crate::Connection::shared_qp`]); `cq` is that QP's receive CQ. When the QP goes to the
+    /// error state its posted receives complete with `WrFlush`: the pool hands those over as
+    /// [`RecvEvent::Failed`] and stops posting.
+    ///
+    /// # Errors
+    /// As [`Pool::new`]; [`Error::InvalidConfig`] when the QP takes its receives from an SRQ.
+    pub fn for_qp(
+        qp: &Arc<QueuePair>,
+        cq: &Arc<Cq>,
+        provider: Arc<dyn Provider>,
+        cfg: PoolConfig,
+    ) -> Result<Pool> {
+        if qp.srq().is_some() {
+            return Err(Error::InvalidConfig(
+                "the QP takes its receives from an SRQ: build the pool on the SRQ (Pool::new)"
+                    .into(),
+            ));
+        }
+        Pool::build(RecvQueue::Qp(Arc::clone(qp)), cq, provider, cfg)
+    }
+
+    fn build(
+        queue: RecvQueue,
+        cq: &Arc<Cq>,
+        provider: Arc<dyn Provider>,
+        cfg: PoolConfig,
+    ) -> Result<Pool> {
+        let device = Arc::clone(queue.pd().device());
         let bad = |m: String| Err(Error::InvalidConfig(m));
         if cfg.slot_size == 0 || cfg.slots_per_region == 0 {
             return bad("slot_size and slots_per_region must be at least 1".into());
@@ -434,10 +530,11 @@ impl Pool {
             return bad("receive memory needs LOCAL_WRITE access".into());
         }
         let sges = if cfg.header_split.is_some() { 2 } else { 1 };
-        if srq.max_sge() < sges {
+        if queue.max_sge() < sges {
             return bad(format!(
-                "header split needs 2 SGEs per receive but the SRQ was created with max_sge {}",
-                srq.max_sge()
+                "header split needs 2 SGEs per receive but the {} was created with max_sge {}",
+                queue.what(),
+                queue.max_sge()
             ));
         }
         if let Some(h) = &cfg.header_split {
@@ -446,13 +543,14 @@ impl Pool {
             }
         }
         let depth = match cfg.depth {
-            0 => max_slots.min(srq.max_wr()),
+            0 => max_slots.min(queue.max_wr()),
             d => d,
         };
-        if depth > srq.max_wr() || depth > max_slots {
+        if depth > queue.max_wr() || depth > max_slots {
             return bad(format!(
-                "depth {depth} exceeds the SRQ depth ({}) or the pool's slots ({max_slots})",
-                srq.max_wr()
+                "depth {depth} exceeds the {} depth ({}) or the pool's slots ({max_slots})",
+                queue.what(),
+                queue.max_wr()
             ));
         }
         let low_watermark = match cfg.low_watermark {
@@ -483,7 +581,7 @@ impl Pool {
                 });
             }
         }
-        let dmabuf = srq.pd().probe_dmabuf();
+        let dmabuf = queue.pd().probe_dmabuf();
         if cfg.registration == RegistrationPolicy::RequireDmabuf && !dmabuf.is_supported() {
             return Err(Error::Registration {
                 provider: provider.name().to_owned(),
@@ -506,7 +604,7 @@ impl Pool {
             layout,
             max_slots,
             cfg.max_regions,
-            Arc::clone(srq),
+            queue,
             rm,
         ));
         let consumer = shared
@@ -536,6 +634,7 @@ impl Pool {
             batch: RecvBatch::with_capacity(post_batch as usize, (post_batch * sges) as usize),
             wcs: WorkCompletion::buffer(cfg.poll_batch as usize),
             exhausted: false,
+            flushed: false,
             grow_error: None,
             stats: PoolStats::default(),
             metrics: pm,
@@ -564,7 +663,7 @@ impl Pool {
     }
 
     fn device(&self) -> &Arc<Device> {
-        self.shared.srq.pd().device()
+        self.shared.queue.pd().device()
     }
 
     /// Allocates (and checks) one payload region and its header region; registers nothing yet.
@@ -646,7 +745,7 @@ impl Pool {
                     // until after the MR is gone; no Rust reference into the memory exists while
                     // a slot is posted (the slot table guarantees it).
                     let mr = unsafe {
-                        self.shared.srq.pd().register_dmabuf(
+                        self.shared.queue.pd().register_dmabuf(
                             v.fd,
                             v.offset,
                             len,
@@ -700,7 +799,7 @@ impl Pool {
         // while the region lives, and the entry keeps the region alive until the MR is gone.
         let mr = unsafe {
             self.shared
-                .srq
+                .queue
                 .pd()
                 .register_raw(addr.as_ptr(), len, self.access, None)
         };
@@ -735,7 +834,7 @@ impl Pool {
     /// Posts receives from the free list until `depth` are posted, if fewer than the low
     /// watermark are (or always with `force`). Grows by one region when the free list is empty.
     fn refill(&mut self, force: bool) -> Result<()> {
-        if !force && self.posted >= self.low_watermark {
+        if self.flushed || (!force && self.posted >= self.low_watermark) {
             return Ok(());
         }
         if self.free.is_empty()
@@ -787,7 +886,7 @@ impl Pool {
             // shared state (which outlives the SRQ's use of it: see `Shared`); each slot was
             // just moved Free -> Posted, so no lease or other post refers to it until its
             // completion is polled.
-            let r = unsafe { self.shared.srq.post_recv(&mut self.batch) };
+            let r = unsafe { self.shared.queue.post(&mut self.batch) };
             let posted = match r {
                 Ok(()) => n,
                 Err(e) => e.posted,
@@ -843,7 +942,7 @@ impl Pool {
             self.drain_returns();
             self.refill(false)?;
         }
-        if self.posted == 0 && self.free.is_empty() && !self.exhausted && self.carved > 0 {
+        if self.posted == 0 && self.free.is_empty() && !self.exhausted && !self.flushed {
             let can_grow = self.regions < self.max_regions && self.grow_error.is_none();
             if !can_grow {
                 self.exhausted = true;
@@ -868,6 +967,11 @@ impl Pool {
         self.posted -= 1;
         let slots = self.shared.recycler.slots();
         if let Err(e) = wc.result() {
+            if e.status == crate::error::WcStatus::WrFlush {
+                // Only a QP's own receive queue flushes (SRQ receives are not flushed): the QP
+                // is in the error state, so posting more would only flush them again.
+                self.flushed = true;
+            }
             self.stats.completion_errors += 1;
             self.metrics.completion_errors.increment(1);
             if slots.unpost(slot).is_ok() {
@@ -1057,7 +1161,7 @@ impl Pool {
             returned: c.returned,
             posted: c.posted,
             free: c.free,
-            srq_shared: Arc::strong_count(&self.shared.srq) > 1,
+            queue_shared: self.shared.queue.is_shared(),
             rejected: self.shared.recycler.slots().rejected(),
         }
     }
@@ -1089,3 +1193,12 @@ fn cpu_addr(r: &dyn Region) -> usize {
         _ => 0,
     }
 }
+
+// The pool moves to its poller thread; leases and returners go anywhere.
+const _: () = {
+    const fn send<T: Send>() {}
+    const fn send_sync<T: Send + Sync>() {}
+    send::<Pool>();
+    send_sync::<Lease>();
+    send_sync::<Returner>();
+};

@@ -36,6 +36,7 @@ fn base(name: &str, provider: Arc<dyn Provider>, consumers: Consumers) -> PoolTe
         messages: 2500,
         op: OpKind::SendImm,
         events: false,
+        qp_mode: false,
         consumers,
         keep_at_close: 0,
         timeout: Duration::from_secs(240),
@@ -181,6 +182,21 @@ fn pool_udmabuf_provider_10k_messages_with_header_split() {
     let (hb, hs) = r.headers.as_ref().expect("header regions");
     assert_eq!(*hb, 64);
     assert!(hs.iter().all(|h| h.cpu_readable));
+}
+
+#[test]
+#[ignore = "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)"]
+fn pool_feeds_one_qps_own_receive_queue() {
+    let env = env();
+    let mut t = base("qpmode", host(), Consumers::Inline);
+    t.qp_mode = true;
+    t.conns = 1;
+    t.messages = 3000;
+    t.pool.slots_per_region = 64;
+    t.events = true;
+    let o = run_pool(&env, &t, PEER.as_ref()).expect("pool run");
+    show("pool_feeds_one_qps_own_receive_queue", &t, &o);
+    assert_pool_clean(&o, &t);
 }
 
 #[test]
