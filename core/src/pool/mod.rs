@@ -735,6 +735,8 @@ impl Pool {
         let mut attempts = Vec::new();
         if self.policy != RegistrationPolicy::AddressOnly {
             match r.dmabuf() {
+                // Plain memory: the address is its only path, not a fallback.
+                None if self.policy == RegistrationPolicy::PreferDmabuf => {}
                 None => attempts.push("the region has no dma-buf".to_owned()),
                 Some(_) if !self.dmabuf.is_supported() => attempts.push(format!(
                     "the device's dma-buf MR support is {}",

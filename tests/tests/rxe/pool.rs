@@ -113,6 +113,13 @@ fn pool_host_provider_10k_messages() {
         .regions
         .iter()
         .all(|g| g.cpu_readable && g.page_size == 4096));
+    // Host memory has no dma-buf: its address is its path, not a fallback.
+    assert_eq!(
+        r.regions[0].path,
+        RegistrationPath::Address {
+            fallback_from_dmabuf: None
+        }
+    );
     assert!(
         o.stats.recycles >= 10_000 && o.stats.max_post_batch > 1,
         "{:?}",
@@ -179,6 +186,12 @@ fn pool_udmabuf_provider_10k_messages_with_header_split() {
         other => panic!("expected the reported address fallback on rxe, got {other:?}"),
     }
     assert_eq!(r.kind, MemoryKind::HostDmabuf);
+    // The memory behind such a region is a real dma-buf exported by udmabuf.
+    let region = UdmabufProvider::new()
+        .alloc_region(1 << 20)
+        .expect("udmabuf");
+    assert_eq!(region.exporter().as_deref(), Some("udmabuf"));
+    assert!(region.dmabuf().is_some() && region.desc().cpu_readable);
     let (hb, hs) = r.headers.as_ref().expect("header regions");
     assert_eq!(*hb, 64);
     assert!(hs.iter().all(|h| h.cpu_readable));
