@@ -24,7 +24,7 @@ use gdrx_core::{
 
 use crate::frame;
 use crate::peer::{OpKind, Plan, Report};
-use crate::recv::{drain, spawn_peer, wait_with_timeout};
+use crate::recv::{drain, finish_peer, spawn_peer};
 use crate::RxeEnv;
 
 /// What the consumers do with leases.
@@ -575,17 +575,7 @@ pub fn run_pool(
     out.stats = pool.stats();
 
     // The sender finishes once its stdin closes.
-    drop(child.stdin.take());
-    let (status, stdout, stderr) = wait_with_timeout(&mut child, Duration::from_secs(60))?;
-    if !status.success() {
-        bail!("sender exited with {status}: {stderr}");
-    }
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_default();
-    out.peer = Some(serde_json::from_str(line).with_context(|| format!("sender report {line:?}"))?);
+    out.peer = Some(finish_peer(&mut child)?);
 
     if !kept.is_empty() {
         out.teardown = Some(pool.close());

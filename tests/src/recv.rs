@@ -548,23 +548,7 @@ pub fn run_two_process(
     report.secs = start.elapsed().as_secs_f64();
     report.events = cq.events_read();
 
-    // Let the sender finish: close its stdin, collect its report and exit status.
-    drop(child.stdin.take());
-    let out = wait_with_timeout(&mut child, Duration::from_secs(60))?;
-    if !out.0.success() {
-        bail!("sender exited with {}: {}", out.0, out.2);
-    }
-    let line = out
-        .1
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_default()
-        .to_owned();
-    report.peer = Some(
-        serde_json::from_str(&line)
-            .with_context(|| format!("parsing the sender's report {line:?}; stderr: {}", out.2))?,
-    );
+    report.peer = Some(finish_peer(&mut child)?);
     // Tear down: connections first (QPs), then SRQ, CQ, MRs, PD, device (Arcs enforce it too).
     drop(conns);
     drop(srq);
@@ -575,6 +559,23 @@ pub fn run_two_process(
     drop(pd);
     drop(dev);
     Ok(report)
+}
+
+/// Lets the sender finish: closes its stdin (the signal that everything was verified), waits for
+/// it to exit successfully and parses its JSON report line.
+pub(crate) fn finish_peer(child: &mut Peer) -> anyhow::Result<Report> {
+    drop(child.stdin.take());
+    let (status, stdout, stderr) = wait_with_timeout(child, Duration::from_secs(60))?;
+    if !status.success() {
+        bail!("sender exited with {status}: {stderr}");
+    }
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_default();
+    serde_json::from_str(line)
+        .with_context(|| format!("parsing the sender's report {line:?}; stderr: {stderr}"))
 }
 
 /// Kills the sender and returns what it wrote (for error messages).
