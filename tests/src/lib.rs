@@ -1,9 +1,9 @@
 //! # gdrx-tests
 //!
 //! The soft-RoCE integration suite of gdrx and its harness: message framing with sequence
-//! numbers and checksums ([`frame`]), a receiver ([`recv`]) and a sender that runs in a second
-//! process ([`peer`], binary `gdrx-testpeer`), a dma-buf made from a memfd ([`udmabuf`]), and the
-//! per-process RDMA resource counts used as a leak check ([`res`]).
+//! numbers and checksums ([`frame`]), a receiver ([`recv`]), a receiver through the buffer pool
+//! ([`poolrecv`]), a sender that runs in a second process ([`peer`], binary `gdrx-testpeer`),
+//! and the per-process RDMA resource counts used as a leak check ([`res`]).
 //!
 //! The tests in `tests/rxe.rs` need a real rxe device: they are `#[ignore]`d in a plain
 //! `cargo test` and run by `deploy/testbed.sh` (via `deploy/run-tests.sh`), which exports
@@ -18,7 +18,6 @@ pub mod peer;
 pub mod poolrecv;
 pub mod recv;
 pub mod res;
-pub mod udmabuf;
 
 pub use env::RxeEnv;
 

@@ -5,21 +5,22 @@
 //! exports `GDRX_RDMA_DEV` / `GDRX_RDMA_IP`. A test told to use a device that does not exist
 //! fails.
 
-use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gdrx_core::wire::{Hello, Welcome};
+use gdrx_core::Region;
 use gdrx_core::{
     Access, AsyncEvent, ConnectionSpec, Cq, Device, DeviceKind, DmabufSupport, Error, GidKind,
     HostMemory, Listener, MrKind, PortState, RecvBatch, SendBatch, SendFlags, SendOp, Srq,
     SrqConfig, WcStatus, WorkCompletion,
 };
+use gdrx_providers::UdmabufProvider;
 use gdrx_tests::peer::OpKind;
 use gdrx_tests::recv::{
     assert_clean, assert_coverage, run_two_process, RecvConfig, RecvReport, DOOMED_TAG,
 };
-use gdrx_tests::{res, udmabuf, RxeEnv};
+use gdrx_tests::{res, RxeEnv};
 
 const PEER: &str = env!("CARGO_BIN_EXE_gdrx-testpeer");
 
@@ -116,19 +117,6 @@ fn capability_report_and_roce_v2_gid() {
     println!("typed error for a missing device: {e}");
 }
 
-/// The memory behind a CPU mapping of a dma-buf; unmapped on drop.
-struct Mapping(*mut libc::c_void, usize);
-// SAFETY: an owned mapping; the pointer is only used by munmap on drop.
-unsafe impl Send for Mapping {}
-// SAFETY: as above.
-unsafe impl Sync for Mapping {}
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: we own the mapping.
-        unsafe { libc::munmap(self.0, self.1) };
-    }
-}
-
 #[test]
 #[ignore = "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)"]
 fn dmabuf_mr_on_rxe_is_typed_unsupported() {
@@ -141,46 +129,33 @@ fn dmabuf_mr_on_rxe_is_typed_unsupported() {
         matches!(probe, DmabufSupport::Unsupported { errno, .. } if errno == libc::EOPNOTSUPP),
         "rxe has no dma-buf MRs, the probe must say so: {probe:?}"
     );
-    // A real dma-buf, made from a memfd through /dev/udmabuf.
+    // A real dma-buf, made from a memfd through /dev/udmabuf (the pool's udmabuf provider).
     let size = 2 << 20;
-    let ub = udmabuf::create(size).expect(
+    let ub = Arc::new(UdmabufProvider::new().alloc_region(size).expect(
         "udmabuf: the testbed kernel has CONFIG_UDMABUF; on a host without it, `modprobe udmabuf`",
-    );
+    ));
     assert_eq!(
-        udmabuf::exporter(&ub.dmabuf).as_deref(),
+        ub.exporter().as_deref(),
         Some("udmabuf"),
         "fdinfo names the exporter"
     );
-    // SAFETY: no CPU mapping of the dma-buf exists yet; the call is expected to fail anyway.
-    let r =
-        unsafe { pd.register_dmabuf(ub.dmabuf.as_fd(), 0, size, 0x10_0000, Access::recv(), None) };
+    // SAFETY: nothing reads or writes the CPU mapping while this (expected to fail) MR exists.
+    let r = unsafe { pd.register_dmabuf(ub.dmabuf_fd(), 0, size, 0x10_0000, Access::recv(), None) };
     // The reason (rxe) and the fallback (ibv_reg_mr) are named.
     let e = expect_err!(r, Error::Unsupported { .. }, "rxe", "ibv_reg_mr");
     assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP));
     println!("typed error for ibv_reg_dmabuf_mr on rxe: {e}");
     // The fallback path: register the CPU mapping of the same pages with ibv_reg_mr. (The
     // dma-buf fd's own mmap is a PFN mapping that ibv_reg_mr cannot pin: EFAULT. The memfd's
-    // mapping is the one to register.)
-    // SAFETY: mapping a memfd we own, read/write shared, no address hint.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            size,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            std::os::fd::AsRawFd::as_raw_fd(&ub.memfd),
-            0,
-        )
-    };
-    assert_ne!(
-        p,
-        libc::MAP_FAILED,
-        "mmap of the udmabuf's memfd: {}",
-        std::io::Error::last_os_error()
-    );
-    let map = Arc::new(Mapping(p, size));
-    // SAFETY: the mapping stays alive (the MR keeps the Arc) and nothing references its bytes.
-    let mr = unsafe { pd.register_raw(p.cast(), size, Access::recv(), Some(map)) }
+    // mapping, which the region exposes as its address, is the one to register.)
+    let p = ub
+        .desc()
+        .addr
+        .expect("the udmabuf region has a CPU mapping")
+        .as_ptr();
+    // SAFETY: the region keeps its mapping alive and the MR keeps the region (keepalive);
+    // nothing references its bytes.
+    let mr = unsafe { pd.register_raw(p, size, Access::recv(), Some(Arc::clone(&ub) as _)) }
         .expect("ibv_reg_mr on the CPU mapping");
     assert_eq!(mr.kind(), MrKind::Virtual);
     assert_eq!(
