@@ -97,6 +97,8 @@ run_vm() {
         kernel=$(find_kernel)
     fi
     [ -n "$vng" ] || { log "virtme-ng (vng) not found after install"; exit 1; }
+    # vng starts its helpers (virtme-run, ...) through PATH: they sit beside it in the venv.
+    PATH="$(dirname "$vng"):$PATH"
     [ -r "$kernel" ] || { log "kernel image $kernel not readable"; exit 1; }
     local cpus=${GDRX_VM_CPUS:-$(nproc)}
     [ "$cpus" -gt 4 ] && cpus=4

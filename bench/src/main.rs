@@ -1,19 +1,159 @@
-//! `gdrx-bench`: gdrx's receive-path benchmark.
+//! `gdrx-bench`: gdrx's receive-path benchmark, side by side with perftest.
 //!
-//! Today it has one mode, `loopback`: a receiver (one SRQ, pre-posted buffers reposted as they
-//! complete) and a sender in the same process, connected through RDMA CM over a real RDMA device
-//! (soft-RoCE in the testbed), printing a perftest-style table. The comparison with perftest and
-//! the server/client roles come with the benchmark issue.
+//! - `server`: the receiver. One SRQ fed by a gdrx buffer pool from a memory provider (host,
+//!   hugepage, udmabuf), every connection of a run on it, leases handed to consumer threads that
+//!   hold them for a fixed or random time; prints one row per message size: average and peak
+//!   bandwidth, message rate, receiver CPU time per message, completion-to-consumer latency
+//!   (p50/p99, hdrhistogram), pool-empty events and RNR NAKs.
+//! - `client`: the sender, built like perftest's `ib_send_bw` client (tx depth, post lists,
+//!   selective signaling), SEND_WITH_IMM or RDMA WRITE_WITH_IMM, over RDMA CM.
+//! - `loopback`: both in one process.
+//! - `compare`: runs perftest's `ib_send_bw` (or `ib_write_bw`) and gdrx's server and client as
+//!   separate processes on the same device, sizes and counts, several times, and prints the
+//!   medians side by side with their ratios; writes a JSON file and a BW-vs-size SVG.
+//!
+//! `--prometheus ADDR` exposes the pool metrics (`gdrx_pool_*`) while it runs.
 
-use clap::Parser;
+use std::net::SocketAddr;
+use std::time::Duration;
 
-mod loopback;
+use anyhow::Context;
+use clap::{CommandFactory, FromArgMatches, Parser};
+
+mod compare;
+mod opts;
+mod proc;
+mod proto;
+mod recv;
+mod report;
+mod send;
+
+use opts::{OutOpts, RecvOpts, SendOpts, Target};
 
 #[derive(Parser, Debug)]
-#[command(name = "gdrx-bench", version, about = "gdrx receive-path benchmark")]
+#[command(
+    name = "gdrx-bench",
+    version,
+    about = "gdrx receive-path benchmark (server, client, loopback, and a comparison with perftest)"
+)]
 enum Cmd {
-    /// Send and receive within one process over RDMA CM and report bandwidth and message rate.
-    Loopback(loopback::Args),
+    /// Receive runs from `gdrx-bench client` and report each (the receiver under test).
+    Server(ServerArgs),
+    /// Send runs to a `gdrx-bench server`.
+    Client(ClientArgs),
+    /// Server and client in one process, over RDMA CM on the device's address.
+    Loopback(LoopbackArgs),
+    /// Run perftest and gdrx on the same device and sizes, print medians and gdrx/perftest
+    /// ratios, and plot bandwidth against size.
+    Compare(compare::Args),
+}
+
+/// `gdrx-bench server`.
+#[derive(clap::Args, Debug)]
+struct ServerArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(flatten)]
+    recv: RecvOpts,
+    #[command(flatten)]
+    out: OutOpts,
+    /// Exit after this many runs (default: after the client's last run).
+    #[arg(long)]
+    runs: Option<u32>,
+    /// Give up when no run starts within this many seconds (default: wait forever).
+    #[arg(long)]
+    idle_timeout: Option<f64>,
+}
+
+/// `gdrx-bench client`.
+#[derive(clap::Args, Debug)]
+struct ClientArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(flatten)]
+    send: SendOpts,
+    #[command(flatten)]
+    out: OutOpts,
+}
+
+/// `gdrx-bench loopback`.
+#[derive(clap::Args, Debug)]
+struct LoopbackArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(flatten)]
+    send: SendOpts,
+    #[command(flatten)]
+    recv: RecvOpts,
+    #[command(flatten)]
+    out: OutOpts,
+}
+
+fn install_prometheus(addr: Option<SocketAddr>) -> anyhow::Result<()> {
+    if let Some(addr) = addr {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("starting the Prometheus endpoint on {addr}"))?;
+        eprintln!("gdrx-bench: pool metrics at http://{addr}/metrics");
+    }
+    Ok(())
+}
+
+fn server(a: &ServerArgs) -> anyhow::Result<()> {
+    install_prometheus(a.recv.prometheus)?;
+    let mut rx = recv::Receiver::bind(&a.target.dev, a.target.addr(), &a.recv)?;
+    // `compare` waits for this line before it starts the client.
+    eprintln!(
+        "gdrx-bench server: listening on {} ({}, {})",
+        rx.local_addr(),
+        rx.device().name(),
+        rx.device().kind()
+    );
+    let idle = a.idle_timeout.map(Duration::from_secs_f64);
+    rx.serve(a.runs, idle, &a.out)?;
+    Ok(())
+}
+
+fn client(a: &ClientArgs) -> anyhow::Result<()> {
+    let tx = send::Sender::open(&a.target.dev)?;
+    tx.run_all(a.target.addr(), &a.send, &a.out, false)?;
+    Ok(())
+}
+
+fn loopback(a: &LoopbackArgs) -> anyhow::Result<()> {
+    a.send.validate()?;
+    install_prometheus(a.recv.prometheus)?;
+    let mut rx = recv::Receiver::bind(&a.target.dev, SocketAddr::new(a.target.ip, 0), &a.recv)?;
+    let addr = rx.local_addr();
+    if !a.out.json {
+        println!(
+            "gdrx-bench loopback on {} ({}), {} receiver, {} consumer thread(s), hold {}, provider {:?}, op {:?}",
+            rx.device().name(),
+            rx.device().kind(),
+            if a.recv.events { "event-mode" } else { "busy-polling" },
+            a.recv.consumers,
+            a.recv.hold,
+            a.recv.provider,
+            a.send.op
+        );
+    }
+    let (dev, send, out) = (a.target.dev.clone(), a.send.clone(), a.out.clone());
+    let sender = std::thread::Builder::new()
+        .name("gdrx-sender".into())
+        .spawn(move || -> anyhow::Result<()> {
+            let tx = send::Sender::open(&dev)?;
+            tx.run_all(addr, &send, &out, true)?;
+            Ok(())
+        })?;
+    let served = rx.serve(None, Some(Duration::from_secs(60)), &a.out);
+    let sent = sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("the sender thread panicked"))?;
+    // The sender's error is usually the cause of the receiver's.
+    sent.context("sender")?;
+    served.context("receiver")?;
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -23,45 +163,108 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    match Cmd::parse() {
-        Cmd::Loopback(a) => loopback::run(&a),
+    let matches = Cmd::command().get_matches();
+    let cmd = Cmd::from_arg_matches(&matches)?;
+    match &cmd {
+        Cmd::Server(a) => server(a),
+        Cmd::Client(a) => client(a),
+        Cmd::Loopback(a) => loopback(a),
+        Cmd::Compare(a) => {
+            let sub = matches.subcommand_matches("compare").expect("compare");
+            let sizes_given = ["size", "all", "sizes"].iter().any(|id| {
+                sub.value_source(id)
+                    .is_some_and(|s| s != clap::parser::ValueSource::DefaultValue)
+            });
+            compare::run(a, sizes_given)
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_is_well_formed() {
         Cmd::command().debug_assert();
     }
 
-    fn loopback(extra: &[&str]) -> Result<loopback::Args, clap::Error> {
-        let base = ["gdrx-bench", "loopback", "--dev", "d", "--ip", "10.0.0.1"];
-        let Cmd::Loopback(a) = Cmd::try_parse_from(base.iter().chain(extra))?;
-        Ok(a)
+    fn parse(args: &[&str]) -> Result<Cmd, clap::Error> {
+        Cmd::try_parse_from(std::iter::once("gdrx-bench").chain(args.iter().copied()))
     }
 
     #[test]
-    fn loopback_defaults_and_sweep() {
-        assert_eq!(loopback(&[]).unwrap().sizes(), vec![65536]);
+    fn roles_parse_with_perftest_style_options() {
+        let base = ["--dev", "rxe0", "--ip", "10.0.0.1"];
+        let Cmd::Client(c) = parse(
+            &[
+                &["client"],
+                &base[..],
+                &["-s", "4096", "-n", "100", "-q", "4", "-l", "8"],
+            ]
+            .concat(),
+        )
+        .unwrap() else {
+            panic!("client")
+        };
         assert_eq!(
-            loopback(&["-a", "--max-size", "8192"]).unwrap().sizes(),
-            vec![2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
+            (c.send.size, c.send.iters, c.send.qps, c.send.post_list),
+            (4096, 100, 4, 8)
         );
-        assert!(
-            loopback(&["--ip", "nope"]).is_err(),
-            "a malformed IP is refused"
-        );
-        assert!(
-            loopback(&["-s", "0"]).unwrap().validate().is_err(),
-            "size 0 is refused"
-        );
-        assert!(
-            loopback(&["-n", "0"]).unwrap().validate().is_err(),
-            "0 iterations are refused"
-        );
+        assert_eq!(c.target.port, opts::DEFAULT_PORT);
+        let Cmd::Server(s) = parse(
+            &[
+                &["server"],
+                &base[..],
+                &[
+                    "-r",
+                    "256",
+                    "-c",
+                    "4",
+                    "--hold",
+                    "exp:50us",
+                    "-e",
+                    "--provider",
+                    "hugepage",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap() else {
+            panic!("server")
+        };
+        assert_eq!(s.recv.rx_depth, 256);
+        assert_eq!(s.recv.pool_slots(), 512);
+        assert_eq!(s.recv.consumers, 4);
+        assert!(s.recv.events);
+        assert_eq!(s.recv.provider, opts::ProviderKind::Hugepage);
+        assert!(parse(&[&["server"], &base[..], &["--hold", "soon"]].concat()).is_err());
+        assert!(parse(&[&["client"], &base[..], &["--op", "read"]].concat()).is_err());
+        assert!(parse(&["client", "--dev", "d", "--ip", "not-an-ip"]).is_err());
+        let Cmd::Loopback(l) = parse(
+            &[
+                &["loopback"],
+                &base[..],
+                &["--op", "write-imm", "--prometheus", "127.0.0.1:9464"],
+            ]
+            .concat(),
+        )
+        .unwrap() else {
+            panic!("loopback")
+        };
+        assert_eq!(l.send.op, opts::Op::WriteImm);
+        assert_eq!(l.recv.prometheus, Some("127.0.0.1:9464".parse().unwrap()));
+        let Cmd::Server(s) = parse(
+            &[
+                &["server"],
+                &base[..],
+                &["-r", "512", "--pool-slots", "100"],
+            ]
+            .concat(),
+        )
+        .unwrap() else {
+            panic!("server")
+        };
+        assert!(s.recv.validate().is_err(), "fewer pool slots than receives");
     }
 }

@@ -1,0 +1,470 @@
+//! Command-line options shared by the roles, named after perftest's where they mean the same
+//! (`-s`, `-a`, `-n`, `-D`, `-q`, `-l`, `-r`, `-t`, `-Q`, `-e`), and the small parsers behind
+//! them (durations, hold-time distributions). No device is touched here.
+
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+/// The default RDMA CM port of `gdrx-bench server` (perftest's is 18515).
+pub const DEFAULT_PORT: u16 = 18516;
+
+/// Where the RDMA device is.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Target {
+    /// RDMA device (default: $GDRX_RDMA_DEV, set by deploy/testbed.sh).
+    #[arg(long, env = "GDRX_RDMA_DEV")]
+    pub dev: String,
+    /// IP address of the device's interface: the server listens on it, the client connects to
+    /// it (default: $GDRX_RDMA_IP).
+    #[arg(long, env = "GDRX_RDMA_IP")]
+    pub ip: IpAddr,
+    /// RDMA CM port.
+    #[arg(short = 'p', long, default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+}
+
+impl Target {
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
+}
+
+/// SEND or RDMA WRITE with immediate data.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Op {
+    /// SEND_WITH_IMM into the pool's posted buffers (compared with perftest's ib_send_bw).
+    Send,
+    /// RDMA WRITE_WITH_IMM into a window the receiver advertises; each write consumes one
+    /// posted receive (compared with perftest's ib_write_bw).
+    WriteImm,
+}
+
+impl Op {
+    /// Wire code.
+    pub fn code(self) -> u8 {
+        match self {
+            Op::Send => 1,
+            Op::WriteImm => 2,
+        }
+    }
+
+    /// From the wire code.
+    pub fn from_code(c: u8) -> Option<Op> {
+        match c {
+            1 => Some(Op::Send),
+            2 => Some(Op::WriteImm),
+            _ => None,
+        }
+    }
+
+    /// The perftest program measuring the same operation.
+    pub fn perftest(self) -> &'static str {
+        match self {
+            Op::Send => "ib_send_bw",
+            Op::WriteImm => "ib_write_bw",
+        }
+    }
+}
+
+/// What the sender does: sizes, counts, queue depths (the client's options).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SendOpts {
+    /// Message size in bytes.
+    #[arg(short = 's', long, default_value_t = 65536)]
+    pub size: u32,
+    /// Sweep sizes 2, 4, 8, ... up to --max-size (perftest -a).
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Smallest size of a sweep.
+    #[arg(long, default_value_t = 2)]
+    pub min_size: u32,
+    /// Largest size of a sweep.
+    #[arg(long, default_value_t = 65536)]
+    pub max_size: u32,
+    /// Explicit list of sizes, comma separated (overrides -s and -a), e.g. 64,4096,65536.
+    #[arg(long, value_delimiter = ',')]
+    pub sizes: Vec<u32>,
+    /// Messages per connection and size (perftest -n).
+    #[arg(short = 'n', long, default_value_t = 5000)]
+    pub iters: u64,
+    /// Run each size for this many seconds instead of -n messages (perftest -D).
+    #[arg(short = 'D', long)]
+    pub duration: Option<f64>,
+    /// Connections (RC QPs), all feeding the receiver's one SRQ (perftest -q).
+    #[arg(short = 'q', long, default_value_t = 1)]
+    pub qps: u16,
+    /// Send work requests per post call (perftest -l, --post_list).
+    #[arg(short = 'l', long, default_value_t = 1)]
+    pub post_list: u32,
+    /// Sends in flight per connection (perftest -t).
+    #[arg(short = 't', long, default_value_t = 128)]
+    pub tx_depth: u32,
+    /// Signal one send completion every this many sends (perftest -Q, --cq-mod; at most
+    /// --tx-depth).
+    #[arg(short = 'Q', long, default_value_t = 100)]
+    pub cq_mod: u32,
+    /// The operation.
+    #[arg(long, value_enum, default_value_t = Op::Send)]
+    pub op: Op,
+    /// Fill every message with a pattern the receiver checks (sequence, length and bytes).
+    #[arg(long)]
+    pub verify: bool,
+}
+
+impl SendOpts {
+    /// The sizes to run, in order.
+    pub fn sizes(&self) -> Vec<u32> {
+        if !self.sizes.is_empty() {
+            self.sizes.clone()
+        } else if self.all {
+            std::iter::successors(Some(self.min_size.max(1)), |s| s.checked_mul(2))
+                .take_while(|&s| s <= self.max_size)
+                .collect()
+        } else {
+            vec![self.size]
+        }
+    }
+
+    /// Signal interval actually used: `cq_mod`, at most `tx_depth` (perftest clamps it too).
+    pub fn signal_every(&self) -> u32 {
+        self.cq_mod.clamp(1, self.tx_depth.max(1))
+    }
+
+    /// Checks the options.
+    ///
+    /// # Errors
+    /// When a value is out of range, with what to change.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let sizes = self.sizes();
+        if sizes.is_empty() {
+            bail!(
+                "no message sizes: --min-size {} is above --max-size {}",
+                self.min_size,
+                self.max_size
+            );
+        }
+        if sizes.contains(&0) {
+            bail!("message size must be at least 1 byte");
+        }
+        if let Some(&s) = sizes.iter().find(|&&s| s > MAX_SIZE) {
+            bail!("message size {s} is above the {MAX_SIZE} B this benchmark supports");
+        }
+        match self.duration {
+            Some(d) if !(d.is_finite() && d > 0.0 && d <= 86_400.0) => {
+                bail!("--duration must be between 0 and 86400 seconds, not {d}")
+            }
+            None if self.iters == 0 => bail!("--iters must be at least 1"),
+            _ => {}
+        }
+        if self.iters > u64::from(SEQ_MASK) {
+            bail!("--iters is at most {SEQ_MASK} per connection");
+        }
+        if self.qps == 0 || self.tx_depth == 0 || self.post_list == 0 || self.cq_mod == 0 {
+            bail!("--qps, --tx-depth, --post-list and --cq-mod must be positive");
+        }
+        if self.post_list > self.tx_depth {
+            bail!(
+                "--post-list {} exceeds --tx-depth {}: a post list cannot be larger than the send queue",
+                self.post_list,
+                self.tx_depth
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Largest message size (1 GiB; perftest's limit is 8 MiB per default).
+pub const MAX_SIZE: u32 = 1 << 30;
+/// Sequence numbers travel in the low 31 bits of the immediate data.
+pub const SEQ_MASK: u32 = 0x7fff_ffff;
+
+/// Where the receiver's buffers come from.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    /// Anonymous host pages.
+    Host,
+    /// Huge pages (1 GiB, then 2 MiB hugetlb, then THP, then 4 KiB; each step reported).
+    Hugepage,
+    /// A udmabuf (memfd -> /dev/udmabuf): a real dma-buf without a GPU.
+    Udmabuf,
+}
+
+/// What the receiver does: receive queue, memory, consumers (the server's options).
+#[derive(clap::Args, Debug, Clone)]
+pub struct RecvOpts {
+    /// Receives kept posted on the SRQ (perftest -r).
+    #[arg(short = 'r', long, default_value_t = 512)]
+    pub rx_depth: u32,
+    /// SRQ size (max_wr); default: --rx-depth.
+    #[arg(long)]
+    pub srq_depth: Option<u32>,
+    /// Buffers in the pool (posted + lent to consumers); default: twice --rx-depth, so that
+    /// consumers can hold --rx-depth leases while the SRQ stays full.
+    #[arg(long)]
+    pub pool_slots: Option<u32>,
+    /// Sleep on the completion channel instead of busy polling (perftest -e).
+    #[arg(short = 'e', long)]
+    pub events: bool,
+    /// Memory provider of the pool.
+    #[arg(long, value_enum, default_value_t = ProviderKind::Host)]
+    pub provider: ProviderKind,
+    /// Consumer threads the leases are handed to over a channel; 0 consumes on the polling
+    /// thread itself.
+    #[arg(short = 'c', long, default_value_t = 1)]
+    pub consumers: u32,
+    /// How long a consumer holds each lease before dropping it: a fixed time (0, 50us, 2ms),
+    /// `uniform:MIN-MAX` or `exp:MEAN` (exponential distribution).
+    #[arg(long, default_value = "0")]
+    pub hold: Hold,
+    /// Expose the pool metrics at this address (`http://ADDR/metrics`, Prometheus format)
+    /// while it runs.
+    #[arg(long)]
+    pub prometheus: Option<SocketAddr>,
+}
+
+impl RecvOpts {
+    /// SRQ size.
+    pub fn srq_depth(&self) -> u32 {
+        self.srq_depth.unwrap_or(self.rx_depth)
+    }
+
+    /// Pool buffers.
+    pub fn pool_slots(&self) -> u32 {
+        self.pool_slots.unwrap_or(self.rx_depth.saturating_mul(2))
+    }
+
+    /// Checks the options.
+    ///
+    /// # Errors
+    /// When a value is out of range, with what to change.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.rx_depth == 0 {
+            bail!("--rx-depth must be positive");
+        }
+        if self.srq_depth() < self.rx_depth {
+            bail!(
+                "--srq-depth {} is below --rx-depth {}: the SRQ cannot hold that many receives",
+                self.srq_depth(),
+                self.rx_depth
+            );
+        }
+        if self.pool_slots() < self.rx_depth {
+            bail!(
+                "--pool-slots {} is below --rx-depth {}: the pool needs a buffer per posted receive",
+                self.pool_slots(),
+                self.rx_depth
+            );
+        }
+        if self.consumers > 256 {
+            bail!("--consumers is at most 256");
+        }
+        if self.consumers == 0 && !self.hold.is_zero() {
+            tracing::warn!(
+                "--consumers 0 with --hold: the polling thread itself holds every lease"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Output options.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct OutOpts {
+    /// One JSON object per size on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Print a progress line every second on stderr (default: when stderr is a terminal).
+    #[arg(long)]
+    pub progress: bool,
+}
+
+/// Parses `0`, `250ns`, `50us`, `2ms`, `1.5s` (a bare number is microseconds).
+///
+/// # Errors
+/// When the text is not a non-negative duration.
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num
+        .parse()
+        .with_context(|| format!("`{s}` is not a duration (e.g. 0, 50us, 2ms, 1.5s)"))?;
+    let scale = match unit.trim() {
+        "ns" => 1e-9,
+        "" | "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        u => bail!("unknown unit `{u}` in `{s}` (use ns, us, ms or s)"),
+    };
+    let secs = v * scale;
+    if !(secs.is_finite() && (0.0..=3600.0).contains(&secs)) {
+        bail!("`{s}` is out of range (0 to 1 hour)");
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// How long a consumer holds a lease.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Hold {
+    /// Always the same time (zero: drop at once).
+    Fixed(Duration),
+    /// Uniformly distributed in `[min, max]`.
+    Uniform(Duration, Duration),
+    /// Exponentially distributed with this mean.
+    Exp(Duration),
+}
+
+impl Hold {
+    /// True for "drop at once".
+    pub fn is_zero(&self) -> bool {
+        matches!(self, Hold::Fixed(d) if d.is_zero())
+    }
+
+    /// Draws one hold time.
+    pub fn sample(&self, rng: &mut fastrand::Rng) -> Duration {
+        match *self {
+            Hold::Fixed(d) => d,
+            Hold::Uniform(a, b) => a + (b - a).mul_f64(rng.f64()),
+            Hold::Exp(mean) => {
+                // Inverse transform; 1 - u is in (0, 1], so the log is finite. Capped at 20
+                // means so one draw cannot stall a run.
+                let x = -(1.0 - rng.f64()).ln();
+                mean.mul_f64(x.min(20.0))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hold::Fixed(d) => write!(f, "{d:?}"),
+            Hold::Uniform(a, b) => write!(f, "uniform:{a:?}-{b:?}"),
+            Hold::Exp(m) => write!(f, "exp:{m:?}"),
+        }
+    }
+}
+
+impl FromStr for Hold {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Hold> {
+        if let Some(r) = s.strip_prefix("uniform:") {
+            let (a, b) = r
+                .split_once('-')
+                .with_context(|| format!("`{s}`: write uniform:MIN-MAX, e.g. uniform:0-2ms"))?;
+            let (a, b) = (parse_duration(a)?, parse_duration(b)?);
+            if a > b {
+                bail!("`{s}`: MIN is above MAX");
+            }
+            Ok(Hold::Uniform(a, b))
+        } else if let Some(m) = s.strip_prefix("exp:") {
+            Ok(Hold::Exp(parse_duration(m)?))
+        } else {
+            Ok(Hold::Fixed(parse_duration(s)?))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("50us").unwrap(), Duration::from_micros(50));
+        assert_eq!(parse_duration("2ms").unwrap(), Duration::from_millis(2));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("250ns").unwrap(), Duration::from_nanos(250));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_micros(7));
+        assert!(parse_duration("2 weeks").is_err());
+        assert!(parse_duration("-1ms").is_err());
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_duration("2h").is_err());
+    }
+
+    #[test]
+    fn holds_parse_and_sample_in_range() {
+        assert!("0".parse::<Hold>().unwrap().is_zero());
+        assert_eq!(
+            "100us".parse::<Hold>().unwrap(),
+            Hold::Fixed(Duration::from_micros(100))
+        );
+        let u: Hold = "uniform:1ms-3ms".parse().unwrap();
+        assert_eq!(
+            u,
+            Hold::Uniform(Duration::from_millis(1), Duration::from_millis(3))
+        );
+        assert!("uniform:3ms-1ms".parse::<Hold>().is_err());
+        assert!("uniform:3ms".parse::<Hold>().is_err());
+        let e: Hold = "exp:100us".parse().unwrap();
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut sum = Duration::ZERO;
+        for _ in 0..20_000 {
+            let d = u.sample(&mut rng);
+            assert!(d >= Duration::from_millis(1) && d <= Duration::from_millis(3));
+            let x = e.sample(&mut rng);
+            assert!(x <= Duration::from_millis(2), "capped at 20 means");
+            sum += x;
+        }
+        let mean = sum / 20_000;
+        assert!(
+            mean > Duration::from_micros(90) && mean < Duration::from_micros(110),
+            "exp:100us has mean {mean:?}"
+        );
+    }
+
+    fn send(extra: &[&str]) -> SendOpts {
+        #[derive(clap::Parser)]
+        struct P {
+            #[command(flatten)]
+            s: SendOpts,
+        }
+        use clap::Parser;
+        P::try_parse_from(std::iter::once("x").chain(extra.iter().copied()))
+            .unwrap()
+            .s
+    }
+
+    #[test]
+    fn sizes_and_validation() {
+        assert_eq!(send(&[]).sizes(), vec![65536]);
+        assert_eq!(
+            send(&["-a", "--max-size", "64"]).sizes(),
+            vec![2, 4, 8, 16, 32, 64]
+        );
+        assert_eq!(
+            send(&["-a", "--min-size", "1024", "--max-size", "4096"]).sizes(),
+            vec![1024, 2048, 4096]
+        );
+        assert_eq!(
+            send(&["-a", "--sizes", "64,4096"]).sizes(),
+            vec![64, 4096],
+            "--sizes wins"
+        );
+        assert!(send(&["-s", "0"]).validate().is_err());
+        assert!(send(&["-n", "0"]).validate().is_err());
+        assert!(
+            send(&["-n", "0", "-D", "2"]).validate().is_ok(),
+            "duration mode"
+        );
+        assert!(send(&["-D", "0"]).validate().is_err());
+        assert!(send(&["-D", "nan"]).validate().is_err());
+        assert!(send(&["-l", "200", "-t", "128"]).validate().is_err());
+        assert!(send(&["-q", "0"]).validate().is_err());
+        assert!(send(&["-a", "--min-size", "8", "--max-size", "4"])
+            .validate()
+            .is_err());
+        assert_eq!(send(&["-Q", "500", "-t", "64"]).signal_every(), 64);
+        assert_eq!(send(&[]).signal_every(), 100);
+    }
+}

@@ -1,0 +1,668 @@
+//! The receiving side (`gdrx-bench server`, and the receiver thread of `loopback`): one SRQ fed by
+//! a [`Pool`] from the chosen memory provider, every connection of a run on it, leases handed to
+//! consumer threads (or consumed on the polling thread), one [`RecvRow`] per run.
+//!
+//! A run is one message size. The client's connect requests describe it ([`RunSpec`]); the
+//! server builds the CQ, SRQ and pool for it when the first request arrives (before accepting,
+//! so nothing is allocated inside the measurement), accepts every connection of the run, then
+//! polls until every connection delivered its last message.
+//!
+//! Timing runs from the first completion to the last; CPU time is the polling and consumer
+//! threads' own CPU clocks over the same span. Sequence numbers (immediate data) are checked for
+//! every message; with `--verify` every payload is checked byte for byte. In WRITE_WITH_IMM mode
+//! the payload sits in the connection's window, at slot `seq % window_slots`: it is checked on
+//! the polling thread before the lease is handed on, which is sound because the window has as
+//! many slots as the pool has buffers, and a sender can only write past a message once that
+//! many later ones were received.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use gdrx_core::wire::{RemoteWindow, Welcome};
+use gdrx_core::{
+    Access, ConnEvent, Connection, ConnectionSpec, Cq, Device, HostMemory, Lease, Listener, Mr, Pd,
+    Pool, PoolConfig, Provider, QpConfig, RecvEvent, Srq, SrqConfig, WcError,
+};
+use hdrhistogram::Histogram;
+
+use crate::opts::{Hold, Op, OutOpts, ProviderKind, RecvOpts};
+use crate::proto::{self, RunSpec};
+use crate::report::{self, Peak, Progress, RecvRow};
+
+/// How long a run may go without a completion before it is abandoned.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The receiving side: a device, a PD and a listener; it serves runs one after another.
+#[derive(Debug)]
+pub struct Receiver {
+    dev: Arc<Device>,
+    pd: Arc<Pd>,
+    listener: Listener,
+    opts: RecvOpts,
+}
+
+impl Receiver {
+    /// Opens `dev` and listens on `addr` (port 0 picks one).
+    ///
+    /// # Errors
+    /// When the device is missing or its port is down, or the address cannot be bound.
+    pub fn bind(dev: &str, addr: SocketAddr, opts: &RecvOpts) -> anyhow::Result<Receiver> {
+        opts.validate()?;
+        let dev = Device::open(dev)?;
+        dev.require_active_port(1)?;
+        let pd = dev.alloc_pd()?;
+        let listener = Listener::bind(addr, 64)?;
+        Ok(Receiver {
+            dev,
+            pd,
+            listener,
+            opts: opts.clone(),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr()
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Arc<Device> {
+        &self.dev
+    }
+
+    /// Serves runs until the client's last run, `runs` runs, or (waiting for a run) `idle`
+    /// passes; prints each row as `out` says and returns them all.
+    ///
+    /// # Errors
+    /// Setup, connection and completion errors, a peer that disappears mid-run, a run that
+    /// stalls for [`STALL_TIMEOUT`], no run within `idle`.
+    pub fn serve(
+        &mut self,
+        runs: Option<u32>,
+        idle: Option<Duration>,
+        out: &OutOpts,
+    ) -> anyhow::Result<Vec<RecvRow>> {
+        let mut rows = Vec::new();
+        let mut header = false;
+        loop {
+            let Some(req) = self.listener.next_request(idle)? else {
+                bail!(
+                    "no connection request within {:?} on {} (is `gdrx-bench client` pointed at this address?)",
+                    idle.unwrap_or_default(),
+                    self.local_addr()
+                );
+            };
+            let spec = match RunSpec::decode(req.private_data()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(peer = ?req.peer_addr(), error = %e, "rejecting a connection request");
+                    let _ = req.reject(b"gdrx-bench: not a benchmark run");
+                    continue;
+                }
+            };
+            if spec.conn != 0 {
+                tracing::warn!(
+                    ?spec,
+                    "a run's first request must be connection 0; rejecting"
+                );
+                let _ = req.reject(b"gdrx-bench: out of order");
+                continue;
+            }
+            let run = match Run::setup(self, &spec) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = req.reject(b"gdrx-bench: receiver setup failed");
+                    return Err(e.context(format!("setting up the {} B run", spec.size)));
+                }
+            };
+            let row = run
+                .accept_and_measure(self, req, &spec, out)
+                .with_context(|| format!("{} B run", spec.size))?;
+            if out.json {
+                println!("{}", serde_json::to_string(&row)?);
+            } else {
+                if !header {
+                    println!("{}", report::recv_header());
+                    header = true;
+                }
+                println!("{}", report::recv_line(&row));
+            }
+            let bad = row.verify_errors;
+            rows.push(row);
+            if bad > 0 {
+                bail!(
+                    "{bad} messages failed verification in the {} B run",
+                    spec.size
+                );
+            }
+            if spec.last_run || runs.is_some_and(|n| rows.len() as u32 >= n) {
+                return Ok(rows);
+            }
+        }
+    }
+}
+
+/// The per-run resources.
+struct Run {
+    cq: Arc<Cq>,
+    scq: Arc<Cq>,
+    srq: Arc<Srq>,
+    pool: Pool,
+    /// WRITE_WITH_IMM: the windows (one per connection, `window_slots` messages each).
+    window: Option<(Arc<HostMemory>, Mr)>,
+    window_slots: u64,
+    provider: String,
+    registration: String,
+}
+
+fn provider(kind: ProviderKind) -> Arc<dyn Provider> {
+    match kind {
+        ProviderKind::Host => Arc::new(gdrx_providers::HostProvider::new()),
+        ProviderKind::Hugepage => Arc::new(gdrx_providers::HugePageProvider::new()),
+        ProviderKind::Udmabuf => Arc::new(gdrx_providers::UdmabufProvider::new()),
+    }
+}
+
+impl Run {
+    fn setup(rx: &Receiver, spec: &RunSpec) -> anyhow::Result<Run> {
+        let o = &rx.opts;
+        let cqe = o.srq_depth() + 64;
+        let cq = if o.events {
+            Cq::with_events(&rx.dev, cqe)?
+        } else {
+            Cq::new(&rx.dev, cqe)?
+        };
+        let scq = Cq::new(&rx.dev, 16)?;
+        let srq = Srq::new(
+            &rx.pd,
+            SrqConfig {
+                max_wr: o.srq_depth(),
+                max_sge: 1,
+                limit: 0,
+            },
+        )?;
+        // WRITE_WITH_IMM puts the payload in the window; the receive itself carries nothing.
+        let slot_size = match spec.op {
+            Op::Send => spec.size,
+            Op::WriteImm => 64,
+        };
+        let pool = Pool::new(
+            &srq,
+            &cq,
+            provider(o.provider),
+            PoolConfig {
+                name: "gdrx-bench".into(),
+                slot_size,
+                slots_per_region: o.pool_slots(),
+                initial_regions: 1,
+                max_regions: 1,
+                depth: o.rx_depth,
+                ..PoolConfig::default()
+            },
+        )?;
+        let report = pool.report();
+        tracing::info!("{report}");
+        let registration = report
+            .regions
+            .first()
+            .map_or_else(|| "?".into(), |r| r.path.name().to_string());
+        let window_slots = u64::from(o.pool_slots());
+        let window = match spec.op {
+            Op::Send => None,
+            Op::WriteImm => {
+                let len = u64::from(spec.qps) * window_slots * u64::from(spec.size);
+                let len = usize::try_from(len).context("window size")?;
+                let mem = Arc::new(HostMemory::new(len).with_context(|| {
+                    format!("allocating the {len} B WRITE window (lower --pool-slots or -q)")
+                })?);
+                let mr = rx.pd.register(Arc::clone(&mem), Access::remote_write())?;
+                Some((mem, mr))
+            }
+        };
+        Ok(Run {
+            cq,
+            scq,
+            srq,
+            pool,
+            window,
+            window_slots,
+            provider: format!("{:?}", o.provider).to_lowercase(),
+            registration,
+        })
+    }
+
+    fn accept_and_measure(
+        mut self,
+        rx: &mut Receiver,
+        first: gdrx_core::ConnectRequest,
+        spec: &RunSpec,
+        out: &OutOpts,
+    ) -> anyhow::Result<RecvRow> {
+        let cspec = ConnectionSpec {
+            qp: QpConfig {
+                max_send_wr: 4,
+                ..QpConfig::default()
+            },
+            ..ConnectionSpec::new(&rx.pd, &self.scq, &self.cq, Some(&self.srq))
+        };
+        let mut conns: Vec<Connection> = Vec::with_capacity(usize::from(spec.qps));
+        let mut req = Some(first);
+        while conns.len() < usize::from(spec.qps) {
+            let r = match req.take() {
+                Some(r) => r,
+                None => rx
+                    .listener
+                    .next_request(Some(Duration::from_secs(60)))?
+                    .with_context(|| {
+                        format!(
+                            "only {} of {} connections of the run arrived",
+                            conns.len(),
+                            spec.qps
+                        )
+                    })?,
+            };
+            let this = match RunSpec::decode(r.private_data()) {
+                Ok(s) if s.same_run(spec) && usize::from(s.conn) == conns.len() => s,
+                other => {
+                    tracing::warn!(
+                        ?other,
+                        "a request that does not belong to this run; rejecting"
+                    );
+                    let _ = r.reject(b"gdrx-bench: another run is in progress");
+                    continue;
+                }
+            };
+            let window = self.window.as_ref().map(|(_, mr)| {
+                let per = self.window_slots * u64::from(spec.size);
+                RemoteWindow {
+                    addr: mr.iova() + u64::from(this.conn) * per,
+                    len: per,
+                    rkey: mr.rkey(),
+                }
+            });
+            let welcome = Welcome {
+                flags: 0,
+                recv_buf: spec.size,
+                window,
+            };
+            conns.push(r.accept(&cspec, &welcome.encode())?);
+        }
+        let row = self.measure(&rx.dev, &mut conns, spec, &rx.opts, out);
+        for c in &mut conns {
+            let _ = c.disconnect();
+        }
+        drop(conns);
+        let teardown = self.pool.close();
+        tracing::debug!("{teardown}");
+        row
+    }
+
+    fn measure(
+        &mut self,
+        dev: &Arc<Device>,
+        conns: &mut [Connection],
+        spec: &RunSpec,
+        o: &RecvOpts,
+        out: &OutOpts,
+    ) -> anyhow::Result<RecvRow> {
+        let qpn: Vec<u32> = conns.iter().map(|c| c.qp().qp_num()).collect();
+        let rnr0 = report::rnr_counter(dev.name());
+        let verify_payload = spec.verify && spec.op == Op::Send;
+        let (tx, rx) = crossbeam_channel::unbounded::<Handoff>();
+        let consumers: Vec<_> = (0..o.consumers)
+            .map(|i| {
+                let rx = rx.clone();
+                let hold = o.hold;
+                std::thread::Builder::new()
+                    .name(format!("gdrx-consumer-{i}"))
+                    .spawn(move || consume(&rx, hold, verify_payload, u64::from(i)))
+                    .expect("spawning a consumer thread")
+            })
+            .collect();
+        drop(rx);
+        let mut t = Tally {
+            inline: (o.consumers == 0).then(|| Consumer::new(o.hold, verify_payload, 99)),
+            tx: (o.consumers > 0).then_some(tx),
+            qpn,
+            next: vec![0; usize::from(spec.qps)],
+            done: vec![false; usize::from(spec.qps)],
+            finished: 0,
+            messages: 0,
+            bytes: 0,
+            first: None,
+            last: None,
+            cpu0: Duration::ZERO,
+            peak: Peak::new(Duration::from_millis(20)),
+            seq_errors: 0,
+            window_errors: 0,
+            window_verified: 0,
+            wc_error: None,
+            window: self.window.as_ref().map(|(m, _)| Arc::clone(m)),
+            window_slots: self.window_slots,
+            spec: *spec,
+            lent_max: 0,
+        };
+        let mut progress = Progress::new(out.progress, format!("{} B", spec.size));
+        let mut gone = vec![false; conns.len()];
+        let mut last_progress = Instant::now();
+        let mut last_check = Instant::now();
+        let result = loop {
+            let n = if o.events {
+                self.pool
+                    .poll_blocking(&mut |ev| t.on_event(ev), Some(Duration::from_millis(50)))
+            } else {
+                self.pool.poll(&mut |ev| t.on_event(ev))
+            };
+            let n = match n {
+                Ok(n) => n,
+                Err(e) => break Err(anyhow!(e).context("polling the pool")),
+            };
+            if let Some(e) = t.wc_error {
+                break Err(anyhow!(e).context("a receive completed with an error"));
+            }
+            t.lent_max = t.lent_max.max(u64::from(self.pool.lent()));
+            if t.finished == conns.len() {
+                break Ok(());
+            }
+            if n > 0 {
+                last_progress = Instant::now();
+                if let Some(t0) = t.first {
+                    progress.tick(t0, t.messages, t.bytes);
+                }
+                continue;
+            }
+            let now = Instant::now();
+            if now.duration_since(last_check) < Duration::from_millis(100) {
+                continue;
+            }
+            last_check = now;
+            for (i, c) in conns.iter_mut().enumerate() {
+                while let Ok(Some(ev)) = c.poll_event(Some(Duration::ZERO)) {
+                    if matches!(ev, ConnEvent::Disconnected | ConnEvent::DeviceRemoval) {
+                        gone[i] = true;
+                    }
+                }
+            }
+            // A peer that went away before its last message: once its completions are drained
+            // (this poll found none), nothing more can come.
+            if let Some(i) = (0..conns.len()).find(|&i| gone[i] && !t.done[i]) {
+                break Err(anyhow!(
+                    "the sender of connection {i} disconnected after {} of its messages (peer {:?})",
+                    t.next[i],
+                    conns[i].peer_addr()
+                ));
+            }
+            if now.duration_since(last_progress) > STALL_TIMEOUT {
+                break Err(anyhow!(
+                    "no completion for {STALL_TIMEOUT:?}: {} messages received, connections done: {:?}",
+                    t.messages,
+                    t.done
+                ));
+            }
+        };
+        let poll_cpu = report::thread_cpu().saturating_sub(t.cpu0);
+        // Stop the consumers: they drain what is queued, then report.
+        t.tx = None;
+        let mut outs: Vec<ConsumerOut> = consumers
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow!("a consumer thread panicked")))
+            .collect::<anyhow::Result<_>>()?;
+        if let Some(c) = t.inline.take() {
+            outs.push(c.finish());
+        }
+        // Leases are back: drain them so the pool's counters are final.
+        let _ = self.pool.poll(&mut |_| {});
+        result?;
+        let stats = self.pool.stats();
+        let rnr = match (rnr0, report::rnr_counter(dev.name())) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+        let mut cpu = poll_cpu;
+        let (mut verified, mut payload_errors) = (t.window_verified, t.window_errors);
+        for c in &outs {
+            hist.add(&c.hist).expect("same bounds");
+            cpu += c.cpu;
+            verified += c.verified;
+            payload_errors += c.errors;
+        }
+        let (first, last) = (t.first.expect("messages"), t.last.expect("messages"));
+        let secs = last.duration_since(first).as_secs_f64();
+        // The first message opens the clock: count the bytes after it.
+        let timed_bytes = t.bytes - u64::from(spec.size);
+        let timed_msgs = t.messages - 1;
+        let (bw, rate) = if secs > 0.0 {
+            (timed_bytes as f64 / secs, timed_msgs as f64 / secs)
+        } else {
+            (0.0, 0.0)
+        };
+        let us = |ns: u64| ns as f64 / 1000.0;
+        Ok(RecvRow {
+            bytes: spec.size,
+            op: match spec.op {
+                Op::Send => "send".into(),
+                Op::WriteImm => "write-imm".into(),
+            },
+            qps: spec.qps,
+            messages: t.messages,
+            secs,
+            bw_avg_mib_s: bw / report::MIB,
+            bw_peak_mib_s: t.peak.best().unwrap_or(bw).max(bw) / report::MIB,
+            bw_avg_gbit_s: bw * 8.0 / 1e9,
+            msg_rate_mpps: rate / 1e6,
+            rx_cpu_us_per_msg: cpu.as_secs_f64() * 1e6 / t.messages as f64,
+            lat_p50_us: us(hist.value_at_quantile(0.5)),
+            lat_p99_us: us(hist.value_at_quantile(0.99)),
+            lat_max_us: us(hist.max()),
+            pool_empty_events: stats.empty_events,
+            rnr_naks: rnr,
+            max_leases_out: t.lent_max,
+            verify_errors: t.seq_errors + payload_errors,
+            verified,
+            consumers: o.consumers,
+            hold: o.hold.to_string(),
+            events: o.events,
+            provider: self.provider.clone(),
+            registration: self.registration.clone(),
+        })
+    }
+}
+
+/// A lease on its way to a consumer: the lease, when its completion was taken, and whose
+/// message it is.
+struct Handoff {
+    lease: Lease,
+    at: Instant,
+    conn: u16,
+    seq: u32,
+}
+
+/// The polling thread's state during a run.
+struct Tally {
+    inline: Option<Consumer>,
+    tx: Option<crossbeam_channel::Sender<Handoff>>,
+    qpn: Vec<u32>,
+    next: Vec<u32>,
+    done: Vec<bool>,
+    finished: usize,
+    messages: u64,
+    bytes: u64,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    cpu0: Duration,
+    peak: Peak,
+    seq_errors: u64,
+    window_errors: u64,
+    window_verified: u64,
+    wc_error: Option<WcError>,
+    window: Option<Arc<HostMemory>>,
+    window_slots: u64,
+    spec: RunSpec,
+    lent_max: u64,
+}
+
+impl Tally {
+    fn on_event(&mut self, ev: RecvEvent) {
+        match ev {
+            RecvEvent::Message(lease) => self.on_message(lease),
+            RecvEvent::Failed(e) => {
+                self.wc_error.get_or_insert(e);
+            }
+            RecvEvent::Exhausted { lent } => {
+                tracing::debug!(lent, "every pool buffer is lent out");
+            }
+        }
+    }
+
+    fn on_message(&mut self, lease: Lease) {
+        let now = Instant::now();
+        if self.first.is_none() {
+            self.first = Some(now);
+            self.cpu0 = report::thread_cpu();
+        }
+        self.last = Some(now);
+        let len = lease.len() as u64;
+        self.messages += 1;
+        self.bytes += len;
+        self.peak.add(now, len);
+        let Some(conn) = self.qpn.iter().position(|&q| q == lease.qp_num()) else {
+            self.seq_errors += 1;
+            return;
+        };
+        let (seq, last) = proto::split_imm(lease.imm().unwrap_or(u32::MAX));
+        if lease.imm().is_none() || seq != self.next[conn] || len != u64::from(self.spec.size) {
+            if self.seq_errors < 5 {
+                tracing::error!(
+                    conn,
+                    seq,
+                    want = self.next[conn],
+                    len,
+                    "message out of sequence or of the wrong length"
+                );
+            }
+            self.seq_errors += 1;
+        }
+        self.next[conn] = seq.wrapping_add(1) & crate::opts::SEQ_MASK;
+        if last && !self.done[conn] {
+            self.done[conn] = true;
+            self.finished += 1;
+        }
+        let conn = conn as u16;
+        if self.spec.verify {
+            if let Some(w) = self.window.clone() {
+                self.check_window(&w, conn, seq);
+            }
+        }
+        let h = Handoff {
+            lease,
+            at: now,
+            conn,
+            seq,
+        };
+        if let Some(c) = &mut self.inline {
+            c.take(h);
+        } else if let Some(tx) = &self.tx {
+            // The consumers only go away after the run.
+            let _ = tx.send(h);
+        }
+    }
+
+    fn check_window(&mut self, w: &HostMemory, conn: u16, seq: u32) {
+        let size = u64::from(self.spec.size);
+        let off = (u64::from(conn) * self.window_slots + u64::from(seq) % self.window_slots) * size;
+        // SAFETY: `off + size` lies inside the window (conn < qps, slot < window_slots), which
+        // `w` keeps mapped. The sender wrote this slot before the completion we are handling,
+        // and cannot write it again before `window_slots` later messages were received (see the
+        // module docs), so the bytes are stable while we read them.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(w.as_ptr().add(off as usize), size as usize) };
+        self.window_verified += 1;
+        if proto::check(bytes, conn, seq).is_err() {
+            self.window_errors += 1;
+        }
+    }
+}
+
+/// What one consumer measured.
+struct ConsumerOut {
+    hist: Histogram<u64>,
+    cpu: Duration,
+    verified: u64,
+    errors: u64,
+}
+
+struct Consumer {
+    hold: Hold,
+    verify: bool,
+    rng: fastrand::Rng,
+    out: ConsumerOut,
+    cpu0: Option<Duration>,
+}
+
+impl Consumer {
+    fn new(hold: Hold, verify: bool, seed: u64) -> Consumer {
+        Consumer {
+            hold,
+            verify,
+            rng: fastrand::Rng::with_seed(0x6764_7278 ^ seed),
+            out: ConsumerOut {
+                hist: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("bounds"),
+                cpu: Duration::ZERO,
+                verified: 0,
+                errors: 0,
+            },
+            cpu0: None,
+        }
+    }
+
+    fn take(&mut self, h: Handoff) {
+        if self.cpu0.is_none() {
+            self.cpu0 = Some(report::thread_cpu());
+        }
+        let lat = h.at.elapsed().as_nanos() as u64;
+        self.out.hist.saturating_record(lat.max(1));
+        if self.verify {
+            self.out.verified += 1;
+            let ok = h
+                .lease
+                .payload()
+                .is_ok_and(|p| proto::check(p, h.conn, h.seq).is_ok());
+            if !ok {
+                self.out.errors += 1;
+            }
+        }
+        let d = self.hold.sample(&mut self.rng);
+        if d >= Duration::from_micros(200) {
+            std::thread::sleep(d);
+        } else if !d.is_zero() {
+            let t = Instant::now();
+            while t.elapsed() < d {
+                std::hint::spin_loop();
+            }
+        }
+        drop(h.lease);
+    }
+
+    fn finish(mut self) -> ConsumerOut {
+        if let Some(c0) = self.cpu0 {
+            self.out.cpu = report::thread_cpu().saturating_sub(c0);
+        }
+        self.out
+    }
+}
+
+fn consume(
+    rx: &crossbeam_channel::Receiver<Handoff>,
+    hold: Hold,
+    verify: bool,
+    seed: u64,
+) -> ConsumerOut {
+    let mut c = Consumer::new(hold, verify, seed);
+    while let Ok(h) = rx.recv() {
+        c.take(h);
+    }
+    c.finish()
+}
