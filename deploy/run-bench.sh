@@ -1,14 +1,27 @@
 #!/usr/bin/env bash
-# gdrx main job: the receive-path benchmark over soft-RoCE, setting everything up first.
-#   deploy/run-bench.sh                 # size sweep 2 B .. 64 KiB, 2000 messages per size
-#   deploy/run-bench.sh -s 65536 -n 5000 --events
-# Arguments are those of `gdrx-bench loopback` (see `gdrx-bench loopback --help`). The table is
-# also written to target/testbed/bench.txt.
+# gdrx main job: the receive-path benchmark over soft-RoCE, side by side with perftest, setting
+# everything up first (Debian packages, perftest, the 6.12 kernel image, virtme-ng), booting the
+# testbed when this kernel has no rdma_rxe.
+#
+#   deploy/run-bench.sh                       # gdrx-bench compare: 64 B..64 KiB, 2000 messages,
+#                                             # 3 runs per size and tool, medians and ratios
+#   deploy/run-bench.sh --sizes 4096 -n 5000 --op write-imm -c 2 --hold exp:50us
+#   deploy/run-bench.sh loopback -a -n 2000   # another gdrx-bench mode
+#
+# Arguments are those of `gdrx-bench compare` (see `gdrx-bench compare --help`), or a mode name
+# and its arguments. The table is also written to target/testbed/bench.txt; compare writes the
+# plot and the JSON to target/testbed/compare/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 deploy/install-deps.sh
 cargo build --locked --release -p gdrx-bench
+mode=compare
+case "${1:-}" in
+    compare|loopback|server|client) mode=$1; shift ;;
+esac
 args=("$@")
-[ ${#args[@]} -gt 0 ] || args=(-a -n 2000)
+if [ "$mode" = compare ] && [ ${#args[@]} -eq 0 ]; then
+    args=(-n 2000 --reps 3)
+fi
 mkdir -p target/testbed
-deploy/testbed.sh -- target/release/gdrx-bench loopback "${args[@]}" | tee target/testbed/bench.txt
+deploy/testbed.sh -- target/release/gdrx-bench "$mode" "${args[@]}" | tee target/testbed/bench.txt

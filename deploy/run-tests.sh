@@ -31,7 +31,8 @@ RUSTFLAGS="--cfg loom" cargo test --locked -p gdrx-ring --release --target-dir t
 step "docs: cargo doc with -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --all-features
 
-step "building the rxe suite (release)"
+step "building the rxe suite and gdrx-bench (release)"
+cargo build --locked --release -p gdrx-bench
 exe=$(cargo test --locked --release -p gdrx-tests --test rxe --no-run --message-format=json \
     | python3 -c 'import sys, json
 for line in sys.stdin:

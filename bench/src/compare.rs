@@ -73,12 +73,19 @@ pub struct Sample {
     pub bw_peak_mib_s: f64,
     /// Message rate, Mpps.
     pub msg_rate_mpps: f64,
-    /// Receiving process CPU time (user + system) per message, microseconds.
+    /// Receiving process CPU time (user + system) per message, microseconds, from the moment
+    /// it was ready for the sender to its exit (connection handshake, transfer, teardown).
     pub rx_cpu_us_per_msg: f64,
-    /// Receiving process CPU seconds in all.
+    /// Receiving process CPU seconds over that span.
     pub rx_cpu_s: f64,
+    /// Receiving process CPU seconds in all, start-up included.
+    pub rx_process_cpu_s: f64,
     /// Receiving process wall seconds.
     pub rx_wall_s: f64,
+    /// Sending process CPU time per message (whole process), microseconds.
+    pub tx_cpu_us_per_msg: f64,
+    /// RNR NAKs the device sent during the run (`send_rnr_err` on rxe), when it counts them.
+    pub rnr_naks: Option<u64>,
     /// gdrx's own row (latency, pool-empty events, RNR NAKs, thread CPU).
     pub gdrx: Option<RecvRow>,
     /// perftest's result lines (server, client).
@@ -96,6 +103,8 @@ pub struct Medians {
     pub msg_rate_mpps: f64,
     /// Receiving process CPU per message, microseconds.
     pub rx_cpu_us_per_msg: f64,
+    /// Sending process CPU per message, microseconds.
+    pub tx_cpu_us_per_msg: f64,
 }
 
 /// One size, both tools.
@@ -121,6 +130,8 @@ pub struct SizeSummary {
     pub gdrx_pool_empty_events: u64,
     /// RNR NAKs over all gdrx runs (when the device counts them).
     pub gdrx_rnr_naks: Option<u64>,
+    /// RNR NAKs over all perftest runs.
+    pub perftest_rnr_naks: Option<u64>,
     /// gdrx receiving threads' own CPU per message (median), microseconds.
     pub gdrx_thread_cpu_us_per_msg: f64,
 }
@@ -369,6 +380,8 @@ impl Args {
             server.wait_for_line("Waiting for client", Duration::from_secs(60))?;
             // perftest prints that line just before it binds: give it a moment.
             std::thread::sleep(Duration::from_millis(400));
+            let cpu0 = server.cpu_now()?;
+            let rnr0 = crate::report::rnr_counter(&self.target.dev);
             let client = Proc::spawn(
                 "perftest client",
                 Command::new(&prog).args(self.perftest_args(size, port, true)),
@@ -397,12 +410,21 @@ impl Args {
                     s.text()
                 );
             }
-            return self.perftest_sample(size, rep, &s, &c);
+            let rnr = rnr_delta(rnr0, &self.target.dev);
+            return self.perftest_sample(size, rep, &s, &c, cpu0, rnr);
         }
         bail!(last_err.unwrap_or_default())
     }
 
-    fn perftest_sample(&self, size: u32, rep: u32, s: &Exit, c: &Exit) -> anyhow::Result<Sample> {
+    fn perftest_sample(
+        &self,
+        size: u32,
+        rep: u32,
+        s: &Exit,
+        c: &Exit,
+        cpu0: Duration,
+        rnr_naks: Option<u64>,
+    ) -> anyhow::Result<Sample> {
         let parse = |e: &Exit, side: &str| {
             parse_perftest(&e.text()).with_context(|| {
                 format!("no result line in perftest's {side} output:\n{}", e.text())
@@ -435,9 +457,12 @@ impl Args {
             bw_avg_mib_s: bw,
             bw_peak_mib_s: peak,
             msg_rate_mpps: rate,
-            rx_cpu_us_per_msg: s.cpu.as_secs_f64() * 1e6 / messages as f64,
-            rx_cpu_s: s.cpu.as_secs_f64(),
+            rx_cpu_us_per_msg: per_msg(s.cpu.saturating_sub(cpu0), messages),
+            rx_cpu_s: s.cpu.saturating_sub(cpu0).as_secs_f64(),
+            rx_process_cpu_s: s.cpu.as_secs_f64(),
             rx_wall_s: s.wall.as_secs_f64(),
+            tx_cpu_us_per_msg: per_msg(c.cpu, messages),
+            rnr_naks,
             gdrx: None,
             perftest: Some((sline, cline)),
         })
@@ -451,6 +476,7 @@ impl Args {
             Command::new(&exe).args(self.gdrx_args(size, port, false)),
         )?;
         server.wait_for_line("listening on", Duration::from_secs(60))?;
+        let cpu0 = server.cpu_now()?;
         let client = Proc::spawn(
             "gdrx-bench client",
             Command::new(&exe).args(self.gdrx_args(size, port, true)),
@@ -479,13 +505,24 @@ impl Args {
             bw_avg_mib_s: row.bw_avg_mib_s,
             bw_peak_mib_s: row.bw_peak_mib_s,
             msg_rate_mpps: row.msg_rate_mpps,
-            rx_cpu_us_per_msg: s.cpu.as_secs_f64() * 1e6 / row.messages as f64,
-            rx_cpu_s: s.cpu.as_secs_f64(),
+            rx_cpu_us_per_msg: per_msg(s.cpu.saturating_sub(cpu0), row.messages),
+            rx_cpu_s: s.cpu.saturating_sub(cpu0).as_secs_f64(),
+            rx_process_cpu_s: s.cpu.as_secs_f64(),
             rx_wall_s: s.wall.as_secs_f64(),
+            tx_cpu_us_per_msg: per_msg(c.cpu, row.messages),
+            rnr_naks: row.rnr_naks,
             gdrx: Some(row),
             perftest: None,
         })
     }
+}
+
+fn per_msg(cpu: Duration, messages: u64) -> f64 {
+    cpu.as_secs_f64() * 1e6 / messages.max(1) as f64
+}
+
+fn rnr_delta(before: Option<u64>, dev: &str) -> Option<u64> {
+    Some(crate::report::rnr_counter(dev)?.saturating_sub(before?))
 }
 
 fn medians(samples: &[&Sample]) -> Medians {
@@ -495,6 +532,7 @@ fn medians(samples: &[&Sample]) -> Medians {
         bw_peak_mib_s: m(|s| s.bw_peak_mib_s),
         msg_rate_mpps: m(|s| s.msg_rate_mpps),
         rx_cpu_us_per_msg: m(|s| s.rx_cpu_us_per_msg),
+        tx_cpu_us_per_msg: m(|s| s.tx_cpu_us_per_msg),
     }
 }
 
@@ -512,7 +550,7 @@ pub fn summarize(sizes: &[u32], samples: &[Sample]) -> Vec<SizeSummary> {
             let (p, g) = (of("perftest"), of("gdrx"));
             let (pm, gm) = (medians(&p), medians(&g));
             let rows: Vec<&RecvRow> = g.iter().filter_map(|s| s.gdrx.as_ref()).collect();
-            let rnr: Option<u64> = rows.iter().map(|r| r.rnr_naks).sum();
+            let rnr = |v: &[&Sample]| -> Option<u64> { v.iter().map(|s| s.rnr_naks).sum() };
             SizeSummary {
                 bytes: b,
                 perftest: pm,
@@ -523,7 +561,8 @@ pub fn summarize(sizes: &[u32], samples: &[Sample]) -> Vec<SizeSummary> {
                 gdrx_lat_p50_us: median(rows.iter().map(|r| r.lat_p50_us).collect()),
                 gdrx_lat_p99_us: median(rows.iter().map(|r| r.lat_p99_us).collect()),
                 gdrx_pool_empty_events: rows.iter().map(|r| r.pool_empty_events).sum(),
-                gdrx_rnr_naks: rnr,
+                gdrx_rnr_naks: rnr(&g),
+                perftest_rnr_naks: rnr(&p),
                 gdrx_thread_cpu_us_per_msg: median(
                     rows.iter().map(|r| r.rx_cpu_us_per_msg).collect(),
                 ),
@@ -551,7 +590,7 @@ pub fn table(c: &Comparison) -> String {
     let _ = writeln!(t, "gdrx receiver: {}", c.gdrx_receiver);
     let _ = writeln!(
         t,
-        "{:>8} | {:>10} {:>10} {:>6} | {:>10} {:>10} {:>6} | {:>9} {:>9} {:>6} | {:>8} {:>8} {:>6} {:>6}",
+        "{:>8} | {:>10} {:>10} {:>6} | {:>10} {:>10} {:>6} | {:>9} {:>9} {:>6} | {:>8} {:>8} {:>6} {:>11}",
         "#bytes",
         "perftest",
         "gdrx",
@@ -565,11 +604,11 @@ pub fn table(c: &Comparison) -> String {
         "lat p50",
         "lat p99",
         "empty",
-        "RNR"
+        "RNR NAKs"
     );
     let _ = writeln!(
         t,
-        "{:>8} | {:>28} | {:>28} | {:>26} | {:>8} {:>8} {:>6} {:>6}",
+        "{:>8} | {:>28} | {:>28} | {:>26} | {:>8} {:>8} {:>6} {:>11}",
         "",
         "BW average [MiB/s]",
         "message rate [Mpps]",
@@ -577,12 +616,12 @@ pub fn table(c: &Comparison) -> String {
         "[us]",
         "[us]",
         "pool",
-        "NAKs"
+        "perftest/gdrx"
     );
     for s in &c.sizes {
         let _ = writeln!(
             t,
-            "{:>8} | {:>10.2} {:>10.2} {:>5.2}x | {:>10.5} {:>10.5} {:>5.2}x | {:>9.1} {:>9.1} {:>5.2}x | {:>8.1} {:>8.1} {:>6} {:>6}",
+            "{:>8} | {:>10.2} {:>10.2} {:>5.2}x | {:>10.5} {:>10.5} {:>5.2}x | {:>9.1} {:>9.1} {:>5.2}x | {:>8.1} {:>8.1} {:>6} {:>11}",
             s.bytes,
             s.perftest.bw_avg_mib_s,
             s.gdrx.bw_avg_mib_s,
@@ -596,12 +635,29 @@ pub fn table(c: &Comparison) -> String {
             s.gdrx_lat_p50_us,
             s.gdrx_lat_p99_us,
             s.gdrx_pool_empty_events,
-            s.gdrx_rnr_naks.map_or("-".into(), |n| n.to_string())
+            format!(
+                "{}/{}",
+                s.perftest_rnr_naks.map_or("-".into(), |n| n.to_string()),
+                s.gdrx_rnr_naks.map_or("-".into(), |n| n.to_string())
+            )
         );
     }
     let _ = writeln!(
         t,
-        "ratios are gdrx / perftest: above 1 is better for bandwidth and rate, below 1 for CPU"
+        "ratios are gdrx / perftest: above 1 is better for bandwidth and rate, below 1 for CPU; \
+         rx CPU is the receiving process's user+system time from ready to exit, per message"
+    );
+    let _ = writeln!(
+        t,
+        "sender CPU [us/msg], perftest/gdrx: {}",
+        c.sizes
+            .iter()
+            .map(|s| format!(
+                "{} B {:.1}/{:.1}",
+                s.bytes, s.perftest.tx_cpu_us_per_msg, s.gdrx.tx_cpu_us_per_msg
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     for line in targets(c) {
         let _ = writeln!(t, "{line}");
@@ -874,7 +930,10 @@ mod tests {
             msg_rate_mpps: bw / 4.0,
             rx_cpu_us_per_msg: 10.0 / bw,
             rx_cpu_s: 0.0,
+            rx_process_cpu_s: 0.0,
             rx_wall_s: 0.0,
+            tx_cpu_us_per_msg: 0.0,
+            rnr_naks: None,
             gdrx: None,
             perftest: None,
         };
@@ -962,6 +1021,7 @@ mod tests {
             gdrx_lat_p99_us: 2.0,
             gdrx_pool_empty_events: 0,
             gdrx_rnr_naks: None,
+            perftest_rnr_naks: None,
             gdrx_thread_cpu_us_per_msg: 1.0,
         };
         let c = Comparison {

@@ -114,6 +114,9 @@ pub struct SendOpts {
     /// Fill every message with a pattern the receiver checks (sequence, length and bytes).
     #[arg(long)]
     pub verify: bool,
+    /// Seconds to keep retrying the first connection while the server is not listening yet.
+    #[arg(long, default_value_t = 20.0)]
+    pub connect_timeout: f64,
 }
 
 impl SendOpts {
@@ -160,6 +163,9 @@ impl SendOpts {
             }
             None if self.iters == 0 => bail!("--iters must be at least 1"),
             _ => {}
+        }
+        if !(self.connect_timeout.is_finite() && (0.0..=3600.0).contains(&self.connect_timeout)) {
+            bail!("--connect-timeout must be between 0 and 3600 seconds");
         }
         if self.iters > u64::from(SEQ_MASK) {
             bail!("--iters is at most {SEQ_MASK} per connection");

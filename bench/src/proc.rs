@@ -121,6 +121,17 @@ impl Proc {
         }
     }
 
+    /// CPU time (user + system) the process used so far, from `/proc/PID/stat` (clock-tick
+    /// resolution, normally 10 ms).
+    ///
+    /// # Errors
+    /// When the file cannot be read or parsed (the process is gone).
+    pub fn cpu_now(&self) -> anyhow::Result<Duration> {
+        let path = format!("/proc/{}/stat", self.child.id());
+        let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        cpu_from_stat(&stat).with_context(|| format!("parsing {path}: {stat}"))
+    }
+
     /// Waits for the process to exit, killing it after `timeout`.
     ///
     /// # Errors
@@ -193,6 +204,18 @@ impl Drop for Proc {
     }
 }
 
+/// utime + stime of a `/proc/PID/stat` line. The command name (field 2) may contain spaces
+/// and parentheses, so fields are counted from the last `)`: state is field 3, utime 14, stime 15.
+fn cpu_from_stat(stat: &str) -> Option<Duration> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+}
+
 fn tv(t: libc::timeval) -> Duration {
     Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000)
 }
@@ -217,6 +240,20 @@ mod tests {
         assert!(e.output.iter().any(|l| l == "done"), "stderr captured");
         assert!(e.cpu > Duration::ZERO, "a busy loop used CPU time");
         assert!(e.cpu <= e.wall + Duration::from_millis(50));
+    }
+
+    #[test]
+    fn proc_stat_cpu_fields() {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        let line = "4242 (ib send (bw)) R 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0";
+        assert_eq!(
+            cpu_from_stat(line),
+            Some(Duration::from_nanos(300 * 1_000_000_000 / hz))
+        );
+        assert_eq!(cpu_from_stat("garbage"), None);
+        let p = Proc::spawn("sleep", Command::new("sleep").arg("5")).unwrap();
+        assert!(p.cpu_now().unwrap() < Duration::from_secs(1));
     }
 
     #[test]

@@ -23,9 +23,6 @@ use crate::opts::{Op, OutOpts, SendOpts};
 use crate::proto::{self, RunSpec};
 use crate::report::{self, Progress, SendRow};
 
-/// How long the client keeps trying to reach a server that is not listening yet.
-pub const CONNECT_RETRY: Duration = Duration::from_secs(20);
-
 /// The sending side: a device and a PD.
 #[derive(Debug)]
 pub struct Sender {
@@ -100,13 +97,13 @@ impl Sender {
         server: SocketAddr,
         cspec: &ConnectionSpec,
         spec: &RunSpec,
-        retry: bool,
+        retry: Option<Duration>,
     ) -> anyhow::Result<Connection> {
-        let deadline = Instant::now() + CONNECT_RETRY;
+        let deadline = Instant::now() + retry.unwrap_or_default();
         loop {
             match gdrx_core::connect(server, None, cspec, &spec.encode()) {
                 Ok(c) => return Ok(c),
-                Err(e) if retry && Instant::now() < deadline => {
+                Err(e) if retry.is_some() && Instant::now() < deadline => {
                     tracing::debug!(error = %e, "server not ready yet; retrying");
                     std::thread::sleep(Duration::from_millis(200));
                 }
@@ -143,7 +140,8 @@ impl Sender {
         let mut windows: Vec<Option<RemoteWindow>> = Vec::with_capacity(q);
         for c in 0..o.qps {
             let s = RunSpec { conn: c, ..*spec };
-            let conn = self.connect(server, &cspec, &s, first_run && c == 0)?;
+            let retry = (first_run && c == 0).then(|| Duration::from_secs_f64(o.connect_timeout));
+            let conn = self.connect(server, &cspec, &s, retry)?;
             let welcome = Welcome::decode(conn.peer_private_data())
                 .map_err(|e| e.into_error("the server's accept"))?;
             if welcome.recv_buf < spec.size {

@@ -46,6 +46,9 @@ macro_rules! expect_err {
 #[path = "rxe/pool.rs"]
 mod pool;
 
+#[path = "rxe/bench.rs"]
+mod bench;
+
 fn env() -> RxeEnv {
     gdrx_tests::init_logging();
     RxeEnv::from_env()

@@ -1,0 +1,431 @@
+//! `gdrx-bench` on real rxe: the comparison with perftest (both tools ran, their numbers are
+//! consistent), payload verification for SEND and WRITE_WITH_IMM over a size sweep with every
+//! provider kind, the Prometheus endpoint scraped while a run goes on, a consumer that holds
+//! every buffer, a sender that dies mid-run and a server that is not there. No timing
+//! thresholds: performance figures are printed, not asserted.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::env;
+
+/// The `gdrx-bench` binary: `$GDRX_BENCH_BIN`, else beside this test's own target directory
+/// (`target/release/gdrx-bench`, which `deploy/run-tests.sh` builds).
+fn bench() -> PathBuf {
+    if let Some(p) = std::env::var_os("GDRX_BENCH_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let p = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps")
+        .join("gdrx-bench");
+    assert!(
+        p.exists(),
+        "{} does not exist: build it with `cargo build --release -p gdrx-bench` \
+         (deploy/run-tests.sh does) or set GDRX_BENCH_BIN",
+        p.display()
+    );
+    p
+}
+
+fn out_dir(name: &str) -> PathBuf {
+    let base = std::env::var_os("GDRX_OUT").map_or_else(std::env::temp_dir, PathBuf::from);
+    let d = base.join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("output folder");
+    d
+}
+
+fn common(args: &mut Vec<String>) {
+    let e = env();
+    e.open();
+    args.extend(["--dev".into(), e.dev, "--ip".into(), e.ip.to_string()]);
+}
+
+fn cmd(sub: &str, extra: &[&str]) -> Command {
+    let mut args = vec![sub.to_string()];
+    common(&mut args);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut c = Command::new(bench());
+    c.args(args).env("RUST_BACKTRACE", "0");
+    c
+}
+
+/// Runs gdrx-bench to completion; panics with its output unless it succeeded.
+fn run_ok(sub: &str, extra: &[&str]) -> Output {
+    let o = cmd(sub, extra).output().expect("running gdrx-bench");
+    assert!(
+        o.status.success(),
+        "gdrx-bench {sub} {extra:?} failed ({}):\n{}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn json_lines(o: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l}: {e}")))
+        .collect()
+}
+
+fn f(v: &Value, k: &str) -> f64 {
+    v[k].as_f64()
+        .unwrap_or_else(|| panic!("{k} missing or not a number in {v}"))
+}
+
+fn u(v: &Value, k: &str) -> u64 {
+    v[k].as_u64()
+        .unwrap_or_else(|| panic!("{k} missing or not an integer in {v}"))
+}
+
+/// Bandwidth and message rate come from one clock: bw = rate x size, whatever the speed.
+fn assert_consistent(what: &str, bw_mib_s: f64, mpps: f64, size: u64) {
+    assert!(
+        bw_mib_s > 0.0 && mpps > 0.0,
+        "{what}: no throughput ({bw_mib_s} MiB/s, {mpps} Mpps)"
+    );
+    let implied = mpps * 1e6 * size as f64 / 1_048_576.0;
+    assert!(
+        (implied - bw_mib_s).abs() / bw_mib_s < 0.02,
+        "{what}: {bw_mib_s} MiB/s but {mpps} Mpps x {size} B = {implied} MiB/s"
+    );
+}
+
+#[test]
+#[ignore = "needs an rxe device: run through deploy/testbed.sh"]
+fn bench_compare_with_perftest_runs_both_tools() {
+    let out = out_dir("compare-test");
+    let o = run_ok(
+        "compare",
+        &[
+            "--sizes",
+            "64,4096",
+            "-n",
+            "300",
+            "--reps",
+            "1",
+            "--json",
+            "--out",
+            out.to_str().expect("utf-8 path"),
+        ],
+    );
+    let c = json_lines(&o).pop().expect("the comparison's JSON");
+    let text = std::fs::read_to_string(out.join("compare.txt")).expect("compare.txt");
+    println!("{text}");
+    assert!(
+        c["perftest_version"]
+            .as_str()
+            .is_some_and(|v| v.contains("6.") || v.contains("5.") || v.contains("4.")),
+        "perftest's version was read: {}",
+        c["perftest_version"]
+    );
+    let samples = c["samples"].as_array().expect("samples");
+    assert_eq!(samples.len(), 4, "2 sizes x 2 tools x 1 run");
+    for s in samples {
+        let (tool, size) = (s["tool"].as_str().expect("tool"), u(s, "bytes"));
+        let what = format!("{tool} at {size} B");
+        assert_eq!(u(s, "messages"), 300, "{what}");
+        assert_consistent(&what, f(s, "bw_avg_mib_s"), f(s, "msg_rate_mpps"), size);
+        assert!(
+            f(s, "bw_peak_mib_s") >= f(s, "bw_avg_mib_s") * 0.999,
+            "{what}: peak >= avg"
+        );
+        assert!(f(s, "rx_cpu_s") > 0.0, "{what}: the receiver used CPU time");
+        assert!(
+            f(s, "rx_process_cpu_s") >= f(s, "rx_cpu_s"),
+            "{what}: the window is part of the process's life"
+        );
+        assert!(f(s, "tx_cpu_us_per_msg") > 0.0, "{what}: sender CPU");
+        match tool {
+            "perftest" => {
+                let lines = s["perftest"].as_array().expect("perftest's result lines");
+                let server = lines[0].as_str().expect("server line");
+                assert!(server.starts_with(&size.to_string()), "{what}: {server}");
+            }
+            "gdrx" => {
+                let row = &s["gdrx"];
+                assert_eq!(u(row, "messages"), 300, "{what}");
+                assert_eq!(u(row, "verify_errors"), 0, "{what}");
+                assert!(f(row, "lat_p99_us") >= f(row, "lat_p50_us"), "{what}");
+            }
+            t => panic!("unknown tool {t}"),
+        }
+    }
+    let sizes = c["sizes"].as_array().expect("per-size summary");
+    assert_eq!(sizes.len(), 2);
+    for s in sizes {
+        for k in ["bw_ratio", "msg_rate_ratio", "cpu_ratio"] {
+            let r = f(s, k);
+            assert!(r.is_finite() && r > 0.0, "{k} = {r} at {} B", u(s, "bytes"));
+        }
+    }
+    for needle in [
+        "target: message rate at 64 B >= 1.0x ib_send_bw",
+        "target: avg BW at 4096 B >= 1.0x ib_send_bw",
+        "target: receiver CPU per message",
+    ] {
+        assert!(text.contains(needle), "compare.txt has `{needle}`");
+    }
+    let svg = std::fs::read_to_string(out.join("bw_vs_size.svg")).expect("the plot");
+    assert!(svg.starts_with("<svg"), "an SVG document");
+    for label in ["ib_send_bw (perftest)", "gdrx"] {
+        assert!(
+            svg.lines().any(|l| l.trim() == label),
+            "the legend names `{label}`"
+        );
+    }
+    assert!(
+        svg.matches("<circle").count() >= 4,
+        "a point per size and tool"
+    );
+}
+
+#[test]
+#[ignore = "needs an rxe device: run through deploy/testbed.sh"]
+fn bench_verifies_send_and_write_imm_over_a_sweep_with_every_provider() {
+    for (extra, what, per_size) in [
+        (
+            &[
+                "--sizes",
+                "1,4095,4096,4097,65536",
+                "-n",
+                "200",
+                "-q",
+                "2",
+                "--verify",
+                "-e",
+                "--provider",
+                "udmabuf",
+                "-c",
+                "3",
+                "--hold",
+                "exp:20us",
+            ][..],
+            "SEND, event mode, udmabuf, 3 consumers",
+            400,
+        ),
+        (
+            &[
+                "--sizes",
+                "8,4096,16384",
+                "-n",
+                "500",
+                "-q",
+                "3",
+                "--verify",
+                "--op",
+                "write-imm",
+                "--provider",
+                "hugepage",
+                "-c",
+                "0",
+                "-l",
+                "4",
+            ][..],
+            "WRITE_WITH_IMM, hugepage, inline consumer, post lists of 4",
+            1500,
+        ),
+    ] {
+        let o = run_ok("loopback", &[extra, &["--json"]].concat());
+        let rows = json_lines(&o);
+        println!("[{what}]\n{}", String::from_utf8_lossy(&o.stdout));
+        assert!(!rows.is_empty());
+        for r in &rows {
+            let size = u(r, "bytes");
+            let n = u(r, "messages");
+            assert_eq!(u(r, "verify_errors"), 0, "{what} at {size} B");
+            assert_eq!(
+                u(r, "verified"),
+                n,
+                "{what} at {size} B: every payload checked"
+            );
+            assert_eq!(
+                n, per_size,
+                "{what} at {size} B: every connection's messages arrived"
+            );
+            assert_consistent(what, f(r, "bw_avg_mib_s"), f(r, "msg_rate_mpps"), size);
+        }
+    }
+}
+
+fn scrape(addr: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(name) && l.contains("pool=\"gdrx-bench\""))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
+#[ignore = "needs an rxe device: run through deploy/testbed.sh"]
+fn bench_exposes_pool_metrics_to_prometheus_while_it_runs() {
+    let addr = "127.0.0.1:19464";
+    let child = cmd(
+        "loopback",
+        &[
+            "-s",
+            "4096",
+            "-D",
+            "5",
+            "--verify",
+            "-c",
+            "2",
+            "--hold",
+            "uniform:0-50us",
+            "--prometheus",
+            addr,
+            "--json",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("starting gdrx-bench");
+    let t0 = Instant::now();
+    let mut seen = None;
+    while t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(300));
+        if let Some(body) = scrape(addr) {
+            if let Some(n) = metric(&body, "gdrx_pool_completions_total") {
+                if n > 0.0 {
+                    seen = Some(body);
+                    break;
+                }
+            }
+        }
+    }
+    let o = child.wait_with_output().expect("gdrx-bench");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let body = seen.expect("the endpoint served gdrx_pool_completions_total > 0 during the run");
+    println!(
+        "scraped during the run:\n{}",
+        body.lines()
+            .filter(|l| l.starts_with("gdrx_pool"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for m in [
+        "gdrx_pool_slots_posted",
+        "gdrx_pool_bytes_received_total",
+        "gdrx_pool_recycles_total",
+    ] {
+        assert!(metric(&body, m).is_some(), "{m} is exported");
+    }
+    let rows = json_lines(&o);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(u(&rows[0], "verify_errors"), 0);
+    assert!(u(&rows[0], "messages") > 0);
+}
+
+#[test]
+#[ignore = "needs an rxe device: run through deploy/testbed.sh"]
+fn bench_consumer_holding_every_buffer_is_counted_and_loses_nothing() {
+    let o = run_ok(
+        "loopback",
+        &[
+            "-s",
+            "1024",
+            "-n",
+            "400",
+            "-r",
+            "32",
+            "--pool-slots",
+            "64",
+            "-c",
+            "1",
+            "--hold",
+            "5ms",
+            "--verify",
+            "--json",
+        ],
+    );
+    let r = &json_lines(&o)[0];
+    println!("{r}");
+    assert_eq!(u(r, "messages"), 400, "every message arrived");
+    assert_eq!(u(r, "verify_errors"), 0);
+    assert!(
+        u(r, "pool_empty_events") >= 1,
+        "a 5 ms hold per lease drains a 64-buffer pool"
+    );
+    assert!(
+        u(r, "max_leases_out") >= 60,
+        "the consumer held (nearly) every buffer"
+    );
+    let rnr = r["rnr_naks"].as_u64().expect("rxe counts RNR NAKs");
+    assert!(rnr > 0, "the sender stalled on RNR NAKs");
+}
+
+#[test]
+#[ignore = "needs an rxe device: run through deploy/testbed.sh"]
+fn bench_server_reports_a_sender_that_dies_and_a_missing_server() {
+    let port = "18601";
+    let mut server = cmd(
+        "server",
+        &["--port", port, "--runs", "1", "--idle-timeout", "60"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("server");
+    let mut err = BufReader::new(server.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("listening on") {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).expect("server stderr") > 0,
+            "server ended early"
+        );
+    }
+    let mut client = cmd("client", &["--port", port, "-s", "4096", "-D", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("client");
+    std::thread::sleep(Duration::from_secs(3));
+    client.kill().expect("SIGKILL the client");
+    let _ = client.wait();
+    let t0 = Instant::now();
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).expect("server stderr");
+    let st = server.wait().expect("server");
+    println!("server after the sender died ({:?}):\n{rest}", t0.elapsed());
+    assert!(!st.success(), "the server fails the run");
+    assert!(rest.contains("disconnected after"), "and says why: {rest}");
+
+    let t0 = Instant::now();
+    let o = cmd(
+        "client",
+        &["--port", "18602", "-n", "10", "--connect-timeout", "1"],
+    )
+    .output()
+    .expect("client");
+    let msg = String::from_utf8_lossy(&o.stderr);
+    println!("client without a server ({:?}): {msg}", t0.elapsed());
+    assert!(!o.status.success());
+    assert!(
+        msg.contains("is `gdrx-bench server` running there?"),
+        "{msg}"
+    );
+}
