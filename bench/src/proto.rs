@@ -3,8 +3,9 @@
 //! payload pattern the receiver verifies.
 //!
 //! ```text
-//! connect private data (40 of 56 bytes): Hello (16) | magic "GBEN" u32 | run_id u32 |
-//!     qps u16 | op u8 | flags u8 | iters u64 (per connection; 0 = duration) | duration_ms u32
+//! connect private data (44 of 56 bytes): Hello (16) | magic "GBEN" u32 | run_id u32 |
+//!     qps u16 | op u8 | flags u8 | iters u64 (per connection; 0 = duration) | duration_ms u32 |
+//!     tx_depth u32
 //! immediate data: bit 31 = last message of this connection, bits 0..31 = sequence number
 //! payload byte k of message (conn, seq): little-endian bytes of word(conn, seq, k / 8)
 //! ```
@@ -43,6 +44,8 @@ pub struct RunSpec {
     pub iters: u64,
     /// Duration mode: milliseconds (0 = iteration mode).
     pub duration_ms: u32,
+    /// Sends the client keeps in flight per connection (sizes the WRITE window).
+    pub tx_depth: u32,
 }
 
 /// Why a connect request is not a benchmark run.
@@ -61,7 +64,7 @@ pub enum SpecError {
 
 impl RunSpec {
     /// Encoded length.
-    pub const LEN: usize = Hello::LEN + 24;
+    pub const LEN: usize = Hello::LEN + 28;
 
     /// Encodes the connect request's private data.
     pub fn encode(&self) -> [u8; Self::LEN] {
@@ -81,6 +84,7 @@ impl RunSpec {
             | if self.last_run { FLAG_LAST_RUN } else { 0 };
         b[o + 12..o + 20].copy_from_slice(&self.iters.to_le_bytes());
         b[o + 20..o + 24].copy_from_slice(&self.duration_ms.to_le_bytes());
+        b[o + 24..o + 28].copy_from_slice(&self.tx_depth.to_le_bytes());
         b
     }
 
@@ -106,6 +110,7 @@ impl RunSpec {
             last_run: buf[o + 11] & FLAG_LAST_RUN != 0,
             iters: u64::from_le_bytes(buf[o + 12..o + 20].try_into().expect("8 bytes")),
             duration_ms: u32_at(buf, o + 20),
+            tx_depth: u32_at(buf, o + 24),
         };
         if spec.qps == 0 || spec.conn >= spec.qps {
             return Err(SpecError::Invalid(
@@ -122,6 +127,9 @@ impl RunSpec {
         }
         if spec.iters > u64::from(SEQ_MASK) {
             return Err(SpecError::Invalid("too many iterations"));
+        }
+        if spec.tx_depth == 0 || spec.tx_depth > 1 << 20 {
+            return Err(SpecError::Invalid("send depth"));
         }
         Ok(spec)
     }
@@ -197,6 +205,7 @@ mod tests {
             last_run: false,
             iters: 5000,
             duration_ms: 0,
+            tx_depth: 128,
         }
     }
 
@@ -249,6 +258,10 @@ mod tests {
         assert!(matches!(bad(&|s| s.iters = 0), Err(SpecError::Invalid(_))));
         assert!(matches!(
             bad(&|s| s.duration_ms = 10),
+            Err(SpecError::Invalid(_))
+        ));
+        assert!(matches!(
+            bad(&|s| s.tx_depth = 0),
             Err(SpecError::Invalid(_))
         ));
         let mut b = good;

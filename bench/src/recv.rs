@@ -10,10 +10,13 @@
 //! Timing runs from the first completion to the last; CPU time is the polling and consumer
 //! threads' own CPU clocks over the same span. Sequence numbers (immediate data) are checked for
 //! every message; with `--verify` every payload is checked byte for byte. In WRITE_WITH_IMM mode
-//! the payload sits in the connection's window, at slot `seq % window_slots`: it is checked on
-//! the polling thread before the lease is handed on, which is sound because the window has as
-//! many slots as the pool has buffers, and a sender can only write past a message once that
-//! many later ones were received.
+//! the payload sits in the connection's window, at slot `seq % W`, and is checked on the polling
+//! thread when its completion is handled, before the lease is handed on. That is sound with
+//! `W = pool buffers + sender tx depth`: the sender writes message `i + W` only once message
+//! `i + W - tx_depth` was acknowledged, which needs a posted receive for every message from `i`
+//! on; those are `W - tx_depth + 1` messages in distinct pool buffers (message `i`'s completion
+//! not being handled yet), more than the pool has. (Only the last packet of a WRITE_WITH_IMM needs
+//! a posted receive, so the RNR mechanism alone would not protect the window.)
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -208,7 +211,7 @@ impl Run {
             .regions
             .first()
             .map_or_else(|| "?".into(), |r| r.path.name().to_string());
-        let window_slots = u64::from(o.pool_slots());
+        let window_slots = u64::from(o.pool_slots()) + u64::from(spec.tx_depth);
         let window = match spec.op {
             Op::Send => None,
             Op::WriteImm => {
@@ -552,8 +555,11 @@ impl Tally {
         }
         let conn = conn as u16;
         if self.spec.verify {
-            if let Some(w) = self.window.clone() {
-                self.check_window(&w, conn, seq);
+            if let Some(w) = &self.window {
+                self.window_verified += 1;
+                if !window_holds(w, self.window_slots, self.spec.size, conn, seq) {
+                    self.window_errors += 1;
+                }
             }
         }
         let h = Handoff {
@@ -569,21 +575,18 @@ impl Tally {
             let _ = tx.send(h);
         }
     }
+}
 
-    fn check_window(&mut self, w: &HostMemory, conn: u16, seq: u32) {
-        let size = u64::from(self.spec.size);
-        let off = (u64::from(conn) * self.window_slots + u64::from(seq) % self.window_slots) * size;
-        // SAFETY: `off + size` lies inside the window (conn < qps, slot < window_slots), which
-        // `w` keeps mapped. The sender wrote this slot before the completion we are handling,
-        // and cannot write it again before `window_slots` later messages were received (see the
-        // module docs), so the bytes are stable while we read them.
-        let bytes =
-            unsafe { std::slice::from_raw_parts(w.as_ptr().add(off as usize), size as usize) };
-        self.window_verified += 1;
-        if proto::check(bytes, conn, seq).is_err() {
-            self.window_errors += 1;
-        }
-    }
+/// True when message (`conn`, `seq`) sits intact in its WRITE window slot.
+fn window_holds(w: &HostMemory, slots: u64, size: u32, conn: u16, seq: u32) -> bool {
+    let size = u64::from(size);
+    let off = (u64::from(conn) * slots + u64::from(seq) % slots) * size;
+    // SAFETY: `off + size` lies inside the window (conn < qps, slot < slots), which `w` keeps
+    // mapped. The sender wrote this slot before the completion being handled, and cannot write
+    // it again while that completion is unhandled (the window is larger than the pool plus the
+    // sender's depth; see the module docs), so the bytes are stable while they are read.
+    let bytes = unsafe { std::slice::from_raw_parts(w.as_ptr().add(off as usize), size as usize) };
+    proto::check(bytes, conn, seq).is_ok()
 }
 
 /// What one consumer measured.

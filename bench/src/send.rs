@@ -73,6 +73,7 @@ impl Sender {
                     opts.iters
                 },
                 duration_ms: opts.duration.map_or(0, |d| (d * 1000.0).max(1.0) as u32),
+                tx_depth: opts.tx_depth,
             };
             let row = self
                 .run_one(server, opts, &spec, out, i == 0)
