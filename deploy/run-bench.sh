@@ -3,7 +3,7 @@
 # everything up first (Debian packages, perftest, the 6.12 kernel image, virtme-ng), booting the
 # testbed when this kernel has no rdma_rxe.
 #
-#   deploy/run-bench.sh                       # gdrx-bench compare: 64 B..64 KiB, 2000 messages,
+#   deploy/run-bench.sh                       # gdrx-bench compare: 64 B..64 KiB, 64 MiB per run
 #                                             # 3 runs per size and tool, medians and ratios
 #   deploy/run-bench.sh --sizes 4096 -n 5000 --op write-imm -c 2 --hold exp:50us
 #   deploy/run-bench.sh loopback -a -n 2000   # another gdrx-bench mode
@@ -21,7 +21,7 @@ case "${1:-}" in
 esac
 args=("$@")
 if [ "$mode" = compare ] && [ ${#args[@]} -eq 0 ]; then
-    args=(-n 2000 --reps 3)
+    args=(--reps 3)
 fi
 mkdir -p target/testbed
 deploy/testbed.sh -- target/release/gdrx-bench "$mode" "${args[@]}" | tee target/testbed/bench.txt

@@ -23,6 +23,22 @@ use crate::opts::{Op, RecvOpts, SendOpts, Target};
 use crate::proc::{Exit, Proc};
 use crate::report::{RecvRow, MIB};
 
+/// How often a perftest run that failed to start or reported nothing is tried.
+const PERFTEST_ATTEMPTS: u16 = 4;
+
+/// Bytes per run when no `-n`/`-D` is given: each size gets `BYTES_PER_RUN / size` messages,
+/// within [`MIN_ITERS`, `MAX_ITERS`], so that small sizes run long enough to be measured.
+pub const BYTES_PER_RUN: u64 = 64 << 20;
+/// Fewest messages per run in that case.
+pub const MIN_ITERS: u64 = 2000;
+/// Most messages per run in that case.
+pub const MAX_ITERS: u64 = 20_000;
+
+/// Messages per connection for `size` when the user gave no count.
+pub fn auto_iters(size: u32) -> u64 {
+    (BYTES_PER_RUN / u64::from(size.max(1))).clamp(MIN_ITERS, MAX_ITERS)
+}
+
 /// Sizes `compare` runs when none are given.
 pub const DEFAULT_SIZES: [u32; 5] = [64, 512, 4096, 16384, 65536];
 
@@ -54,6 +70,9 @@ pub struct Args {
     /// Seconds one process may run before it is killed.
     #[arg(long, default_value_t = 300)]
     run_timeout: u64,
+    /// Set when no -n / -D was given: messages per size from [`auto_iters`].
+    #[arg(skip)]
+    auto_iters: bool,
 }
 
 /// One run of one tool at one size.
@@ -112,6 +131,8 @@ pub struct Medians {
 pub struct SizeSummary {
     /// Message size.
     pub bytes: u32,
+    /// Messages per connection and run (0 in duration mode).
+    pub iters: u64,
     /// perftest's medians.
     pub perftest: Medians,
     /// gdrx's medians.
@@ -149,8 +170,9 @@ pub struct Comparison {
     pub op: Op,
     /// Repetitions.
     pub reps: u32,
-    /// Messages per connection and size (0 in duration mode).
-    pub iters: u64,
+    /// Messages per connection, when the same at every size (`None`: see each size's, or
+    /// duration mode).
+    pub iters: Option<u64>,
     /// Duration per run in seconds, in duration mode.
     pub duration_s: Option<f64>,
     /// Connections.
@@ -242,6 +264,15 @@ impl Args {
             .map_or_else(|| PathBuf::from(name), |d| d.join(name))
     }
 
+    /// Messages per connection at `size`.
+    fn iters(&self, size: u32) -> u64 {
+        if self.auto_iters {
+            auto_iters(size)
+        } else {
+            self.send.iters
+        }
+    }
+
     fn timeout(&self) -> Duration {
         Duration::from_secs(self.run_timeout)
     }
@@ -266,7 +297,7 @@ impl Args {
         };
         match s.duration {
             Some(d) => opt("-D", (d.ceil() as u64).max(1).to_string()),
-            None => opt("-n", s.iters.to_string()),
+            None => opt("-n", self.iters(size).to_string()),
         }
         if s.qps != 1 {
             opt("-q", s.qps.to_string());
@@ -313,7 +344,7 @@ impl Args {
             opt("-s", size.to_string());
             match s.duration {
                 Some(d) => opt("-D", d.to_string()),
-                None => opt("-n", s.iters.to_string()),
+                None => opt("-n", self.iters(size).to_string()),
             }
             opt("-q", s.qps.to_string());
             opt("-l", s.post_list.to_string());
@@ -358,7 +389,7 @@ impl Args {
 
     fn messages(&self, line: &PerfLine) -> u64 {
         match self.send.duration {
-            None => self.send.iters * u64::from(self.send.qps),
+            None => self.iters(line.bytes) * u64::from(self.send.qps),
             Some(d) => (line.mpps * 1e6 * d).round().max(1.0) as u64,
         }
     }
@@ -366,7 +397,7 @@ impl Args {
     fn run_perftest(&self, size: u32, rep: u32) -> anyhow::Result<Sample> {
         let prog = self.perftest_prog();
         let mut last_err = None;
-        for attempt in 0..3u16 {
+        for attempt in 0..PERFTEST_ATTEMPTS {
             let port = self.perftest_port + attempt;
             // perftest writes through stdio, fully buffered into a pipe: make it line buffered
             // so that its "waiting" line arrives when it is printed.
@@ -553,6 +584,7 @@ pub fn summarize(sizes: &[u32], samples: &[Sample]) -> Vec<SizeSummary> {
             let rnr = |v: &[&Sample]| -> Option<u64> { v.iter().map(|s| s.rnr_naks).sum() };
             SizeSummary {
                 bytes: b,
+                iters: 0,
                 perftest: pm,
                 gdrx: gm,
                 bw_ratio: ratio(gm.bw_avg_mib_s, pm.bw_avg_mib_s),
@@ -584,7 +616,17 @@ pub fn table(c: &Comparison) -> String {
         c.reps,
         match c.duration_s {
             Some(d) => format!("{d} s per run"),
-            None => format!("{} messages per connection", c.iters),
+            None => match c.iters {
+                Some(n) => format!("{n} messages per connection"),
+                None => format!(
+                    "messages per connection: {}",
+                    c.sizes
+                        .iter()
+                        .map(|s| format!("{} at {} B", s.iters, s.bytes))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
         }
     );
     let _ = writeln!(t, "gdrx receiver: {}", c.gdrx_receiver);
@@ -797,11 +839,12 @@ fn perftest_version(prog: &Path) -> String {
 ///
 /// # Errors
 /// When a tool cannot be started, fails, or prints no result.
-pub fn run(a: &Args, sizes_given: bool) -> anyhow::Result<()> {
+pub fn run(a: &Args, sizes_given: bool, count_given: bool) -> anyhow::Result<()> {
     let mut a = a.clone();
     if !sizes_given {
         a.send.sizes = DEFAULT_SIZES.to_vec();
     }
+    a.auto_iters = !count_given;
     a.send.validate()?;
     a.recv.validate()?;
     if a.reps == 0 {
@@ -843,11 +886,7 @@ pub fn run(a: &Args, sizes_given: bool) -> anyhow::Result<()> {
         perftest_version: version,
         op: a.send.op,
         reps: a.reps,
-        iters: if a.send.duration.is_some() {
-            0
-        } else {
-            a.send.iters
-        },
+        iters: (a.send.duration.is_none() && !a.auto_iters).then_some(a.send.iters),
         duration_s: a.send.duration,
         qps: a.send.qps,
         gdrx_receiver: format!(
@@ -862,7 +901,17 @@ pub fn run(a: &Args, sizes_given: bool) -> anyhow::Result<()> {
             r.hold,
             if r.events { "event mode" } else { "busy polling" }
         ),
-        sizes: summarize(&sizes, &samples),
+        sizes: summarize(&sizes, &samples)
+            .into_iter()
+            .map(|s| SizeSummary {
+                iters: if a.send.duration.is_some() {
+                    0
+                } else {
+                    a.iters(s.bytes)
+                },
+                ..s
+            })
+            .collect(),
         samples,
         plot: out.join("bw_vs_size.svg"),
     };
@@ -913,6 +962,22 @@ mod tests {
         assert!(
             parse_perftest(" #bytes #iterations BW peak BW average MsgRate\n garbage\n").is_none()
         );
+    }
+
+    #[test]
+    fn automatic_message_counts_scale_with_size() {
+        assert_eq!(auto_iters(64), MAX_ITERS);
+        assert_eq!(auto_iters(4096), 16384);
+        assert_eq!(auto_iters(65536), MIN_ITERS);
+        let mut a = args(&[]);
+        a.auto_iters = true;
+        assert!(a
+            .perftest_args(4096, 1, false)
+            .join(" ")
+            .contains("-n 16384"));
+        assert!(a.gdrx_args(4096, 1, true).join(" ").contains("-n 16384"));
+        a.auto_iters = false;
+        assert!(a.gdrx_args(4096, 1, true).join(" ").contains("-n 5000"));
     }
 
     #[test]
@@ -1012,6 +1077,7 @@ mod tests {
         };
         let sz = |b, p, g| SizeSummary {
             bytes: b,
+            iters: 100,
             perftest: m(p),
             gdrx: m(g),
             bw_ratio: g / p,
@@ -1030,7 +1096,7 @@ mod tests {
             perftest_version: "Version: 6.06".into(),
             op: Op::Send,
             reps: 3,
-            iters: 100,
+            iters: Some(100),
             duration_s: None,
             qps: 1,
             gdrx_receiver: "host".into(),

@@ -157,6 +157,11 @@ fn loopback(a: &LoopbackArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Errors are reports for people: no backtrace unless asked for with RUST_LIB_BACKTRACE
+    // (RUST_BACKTRACE=1, often set for the tests, keeps giving panics theirs).
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("GDRX_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
@@ -171,11 +176,17 @@ fn main() -> anyhow::Result<()> {
         Cmd::Loopback(a) => loopback(a),
         Cmd::Compare(a) => {
             let sub = matches.subcommand_matches("compare").expect("compare");
-            let sizes_given = ["size", "all", "sizes"].iter().any(|id| {
-                sub.value_source(id)
-                    .is_some_and(|s| s != clap::parser::ValueSource::DefaultValue)
-            });
-            compare::run(a, sizes_given)
+            let given = |ids: &[&str]| {
+                ids.iter().any(|id| {
+                    sub.value_source(id)
+                        .is_some_and(|s| s != clap::parser::ValueSource::DefaultValue)
+                })
+            };
+            compare::run(
+                a,
+                given(&["size", "all", "sizes"]),
+                given(&["iters", "duration"]),
+            )
         }
     }
 }

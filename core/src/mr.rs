@@ -209,6 +209,21 @@ impl Mr {
         &self.pd
     }
 
+    /// The window of `len` bytes at `offset` into the region, to advertise to a peer for RDMA
+    /// WRITE (e.g. in [`crate::wire::Welcome::window`]); `None` when it is out of bounds or empty,
+    /// or the MR was not registered with REMOTE_WRITE access.
+    pub fn remote_window(&self, offset: u64, len: u64) -> Option<crate::wire::RemoteWindow> {
+        let end = offset.checked_add(len)?;
+        if len == 0 || end > self.len as u64 || !self.access.contains(Access::REMOTE_WRITE) {
+            return None;
+        }
+        Some(crate::wire::RemoteWindow {
+            addr: self.iova + offset,
+            len,
+            rkey: self.rkey(),
+        })
+    }
+
     /// An SGE for `len` bytes at `offset` into the region, or `None` when out of bounds or longer
     /// than an SGE can describe (4 GiB).
     pub fn sge(&self, offset: usize, len: usize) -> Option<Sge> {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use gdrx_core::wire::{Hello, RemoteWindow, Welcome};
+use gdrx_core::wire::{Hello, Welcome};
 use gdrx_core::{
     Access, ConnectionSpec, Cq, Device, Error, HostMemory, Listener, Mr, RecvBatch, Sge, Srq,
     SrqConfig, WcError, WcOpcode, WorkCompletion,
@@ -365,10 +365,8 @@ pub fn run_two_process(
                 continue;
             }
         };
-        let window = window_mr.as_ref().map(|mr| RemoteWindow {
-            addr: mr.iova() + u64::from(hello.conn_tag) * per_conn_window,
-            len: per_conn_window,
-            rkey: mr.rkey(),
+        let window = window_mr.as_ref().and_then(|mr| {
+            mr.remote_window(u64::from(hello.conn_tag) * per_conn_window, per_conn_window)
         });
         let welcome = Welcome {
             flags: 0,

@@ -351,6 +351,21 @@ fn rdma_write_with_imm_lands_in_the_advertised_window() {
     assert_clean(&r, &cfg);
     assert_coverage(&r);
     assert!(r.wc_errors.is_empty(), "{:?}", r.wc_errors);
+
+    // Only memory registered for remote write is advertised, and only within its bounds.
+    let pd = env.open().alloc_pd().expect("pd");
+    let mem = Arc::new(HostMemory::new(8192).expect("memory"));
+    let local = pd.register(Arc::clone(&mem), Access::recv()).expect("mr");
+    assert!(
+        local.remote_window(0, 4096).is_none(),
+        "a LOCAL_WRITE-only MR"
+    );
+    let mr = pd.register(mem, Access::remote_write()).expect("mr");
+    let w = mr.remote_window(4096, 4096).expect("the second half");
+    assert_eq!((w.addr, w.len, w.rkey), (mr.iova() + 4096, 4096, mr.rkey()));
+    assert!(mr.remote_window(4096, 4097).is_none(), "past the end");
+    assert!(mr.remote_window(0, 0).is_none(), "empty");
+    assert!(mr.remote_window(u64::MAX, 2).is_none(), "overflow");
 }
 
 #[test]
