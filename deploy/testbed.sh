@@ -129,8 +129,13 @@ run_vm() {
     chmod +x "$guest"
     log "vm: $(basename "$kernel"), ${cpus} vCPUs, ${mem}, $([ ${#kvm[@]} = 0 ] && echo KVM || echo 'TCG (no KVM)'); running: $*"
     set +e
+    # Under emulation the guest's clocksource watchdog finds the TSC "unstable" within a minute
+    # and switches to the HPET: every clock_gettime then traps into an emulated device, timed
+    # code slows down by a factor that depends on when the switch happened, and perftest's
+    # cycle-counter calibration fails. QEMU's TSC is derived from the host clock and monotonic:
+    # keep it.
     timeout "$TIMEOUT" setsid -w "$vng" --run "$kernel" "${kvm[@]}" --memory "$mem" --cpus "$cpus" \
-        --rwdir "$OUT" --exec "$guest" </dev/null
+        --append "clocksource=tsc tsc=reliable" --rwdir "$OUT" --exec "$guest" </dev/null
     local rc=$?
     set -e
     if [ "$rc" = 124 ]; then

@@ -215,7 +215,13 @@ pub fn parse_perftest(text: &str) -> Option<(PerfLine, String)> {
         } else {
             1.0
         };
-        let row = lines.find(|l| !l.trim().is_empty())?;
+        // perftest may print a warning between the header and the numbers (e.g. "Correlation
+        // coefficient r^2: 0.66 < 0.9" when its CPU frequency estimate failed).
+        let row = lines.find(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|w| w.parse::<u32>().is_ok())
+        })?;
         let f: Vec<&str> = row.split_whitespace().collect();
         if f.len() < 5 {
             return None;
@@ -941,6 +947,11 @@ mod tests {
  4096       2000             0.00               18.68  \t\t   0.004782
 ---------------------------------------------------------------------------------------
 ";
+    const ZEROS: &str = "\
+ #bytes     #iterations    BW peak[MB/sec]    BW average[MB/sec]   MsgRate[Mpps]
+Correlation coefficient r^2: 0.667368 < 0.9
+ 65536      2000             0.00               0.00   \t\t   0.000000
+";
     const CLIENT_GBITS: &str = "\
  #bytes     #iterations    BW peak[Gb/sec]    BW average[Gb/sec]   MsgRate[Mpps]
  64         2000           0.000000            0.005918            0.011559
@@ -957,6 +968,12 @@ mod tests {
         assert!(
             (g.avg_mib_s - 0.005918e9 / 8.0 / MIB).abs() < 1e-9,
             "Gb/s converted"
+        );
+        let (z, _) = parse_perftest(ZEROS).unwrap();
+        assert_eq!(
+            (z.bytes, z.avg_mib_s, z.mpps),
+            (65536, 0.0, 0.0),
+            "the warning is skipped"
         );
         assert!(parse_perftest("Couldn't connect to 10.77.0.1:18515").is_none());
         assert!(

@@ -326,7 +326,8 @@ impl Run {
             .collect();
         drop(rx);
         let mut t = Tally {
-            inline: (o.consumers == 0).then(|| Consumer::new(o.hold, verify_payload, 99)),
+            now: None,
+            inline: (o.consumers == 0).then(|| Consumer::new(true, o.hold, verify_payload, 99)),
             tx: (o.consumers > 0).then_some(tx),
             qpn,
             next: vec![0; usize::from(spec.qps)],
@@ -353,6 +354,8 @@ impl Run {
         let mut last_check = started;
         let mut idle_polls = 0u32;
         let result = loop {
+            // One clock read per polled batch: its completions were taken at the same moment.
+            t.now = None;
             let n = if o.events {
                 self.pool
                     .poll_blocking(&mut |ev| t.on_event(ev), Some(Duration::from_millis(50)))
@@ -492,6 +495,8 @@ struct Handoff {
 
 /// The polling thread's state during a run.
 struct Tally {
+    /// When the current batch of completions was polled.
+    now: Option<Instant>,
     inline: Option<Consumer>,
     tx: Option<crossbeam_channel::Sender<Handoff>>,
     qpn: Vec<u32>,
@@ -528,7 +533,7 @@ impl Tally {
     }
 
     fn on_message(&mut self, lease: Lease) {
-        let now = Instant::now();
+        let now = *self.now.get_or_insert_with(Instant::now);
         if self.first.is_none() {
             self.first = Some(now);
             self.cpu0 = report::thread_cpu();
@@ -605,6 +610,7 @@ struct ConsumerOut {
 }
 
 struct Consumer {
+    inline: bool,
     hold: Hold,
     verify: bool,
     rng: fastrand::Rng,
@@ -613,8 +619,9 @@ struct Consumer {
 }
 
 impl Consumer {
-    fn new(hold: Hold, verify: bool, seed: u64) -> Consumer {
+    fn new(inline: bool, hold: Hold, verify: bool, seed: u64) -> Consumer {
         Consumer {
+            inline,
             hold,
             verify,
             rng: fastrand::Rng::with_seed(0x6764_7278 ^ seed),
@@ -632,8 +639,13 @@ impl Consumer {
         if self.cpu0.is_none() {
             self.cpu0 = Some(report::thread_cpu());
         }
-        let lat = h.at.elapsed().as_nanos() as u64;
-        self.out.hist.saturating_record(lat.max(1));
+        // Consumed on the polling thread there is no hand-off to time.
+        let lat = if self.inline {
+            0
+        } else {
+            h.at.elapsed().as_nanos() as u64
+        };
+        self.out.hist.saturating_record(lat);
         if self.verify {
             self.out.verified += 1;
             let ok = h
@@ -670,7 +682,7 @@ fn consume(
     verify: bool,
     seed: u64,
 ) -> ConsumerOut {
-    let mut c = Consumer::new(hold, verify, seed);
+    let mut c = Consumer::new(false, hold, verify, seed);
     while let Ok(h) = rx.recv() {
         c.take(h);
     }
