@@ -356,14 +356,7 @@ impl Args {
             opt("-l", s.post_list.to_string());
             opt("-t", s.tx_depth.to_string());
             opt("-Q", s.cq_mod.to_string());
-            opt(
-                "--op",
-                match s.op {
-                    Op::Send => "send",
-                    Op::WriteImm => "write-imm",
-                }
-                .into(),
-            );
+            opt("--op", s.op.name().into());
             if s.verify {
                 opt("--verify", String::new());
             }
@@ -373,13 +366,7 @@ impl Args {
             opt("-r", r.rx_depth.to_string());
             opt("--srq-depth", r.srq_depth().to_string());
             opt("--pool-slots", r.pool_slots().to_string());
-            opt(
-                "--provider",
-                clap::ValueEnum::to_possible_value(&r.provider)
-                    .expect("no skipped values")
-                    .get_name()
-                    .to_string(),
-            );
+            opt("--provider", r.provider.name().into());
             opt("-c", r.consumers.to_string());
             opt("--hold", r.hold.to_string());
             if r.events {
@@ -897,9 +884,7 @@ pub fn run(a: &Args, sizes_given: bool, count_given: bool) -> anyhow::Result<()>
         qps: a.send.qps,
         gdrx_receiver: format!(
             "{} provider, {} pool buffers, {} posted, SRQ {}, {} consumer thread(s) holding each lease {}, {}",
-            clap::ValueEnum::to_possible_value(&r.provider)
-                .expect("no skipped values")
-                .get_name(),
+            r.provider.name(),
             r.pool_slots(),
             r.rx_depth,
             r.srq_depth(),

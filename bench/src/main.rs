@@ -128,14 +128,14 @@ fn loopback(a: &LoopbackArgs) -> anyhow::Result<()> {
     let addr = rx.local_addr();
     if !a.out.json {
         println!(
-            "gdrx-bench loopback on {} ({}), {} receiver, {} consumer thread(s), hold {}, provider {:?}, op {:?}",
+            "gdrx-bench loopback on {} ({}), {} receiver, {} consumer thread(s), hold {}, provider {}, op {}",
             rx.device().name(),
             rx.device().kind(),
             if a.recv.events { "event-mode" } else { "busy-polling" },
             a.recv.consumers,
             a.recv.hold,
-            a.recv.provider,
-            a.send.op
+            a.recv.provider.name(),
+            a.send.op.name()
         );
     }
     let (dev, send, out) = (a.target.dev.clone(), a.send.clone(), a.out.clone());

@@ -62,6 +62,14 @@ impl Op {
         }
     }
 
+    /// The name on the command line (`--op`) and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Send => "send",
+            Op::WriteImm => "write-imm",
+        }
+    }
+
     /// The perftest program measuring the same operation.
     pub fn perftest(self) -> &'static str {
         match self {
@@ -199,6 +207,17 @@ pub enum ProviderKind {
     Hugepage,
     /// A udmabuf (memfd -> /dev/udmabuf): a real dma-buf without a GPU.
     Udmabuf,
+}
+
+impl ProviderKind {
+    /// The name on the command line (`--provider`) and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Host => "host",
+            ProviderKind::Hugepage => "hugepage",
+            ProviderKind::Udmabuf => "udmabuf",
+        }
+    }
 }
 
 /// What the receiver does: receive queue, memory, consumers (the server's options).
@@ -383,6 +402,17 @@ impl FromStr for Hold {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_the_command_line_names() {
+        use clap::ValueEnum;
+        for op in Op::value_variants() {
+            assert_eq!(op.name(), op.to_possible_value().unwrap().get_name());
+        }
+        for p in ProviderKind::value_variants() {
+            assert_eq!(p.name(), p.to_possible_value().unwrap().get_name());
+        }
+    }
 
     #[test]
     fn durations() {

@@ -231,7 +231,7 @@ impl Run {
             pool,
             window,
             window_slots,
-            provider: format!("{:?}", o.provider).to_lowercase(),
+            provider: o.provider.name().to_string(),
             registration,
         })
     }
@@ -455,10 +455,7 @@ impl Run {
         let us = |ns: u64| ns as f64 / 1000.0;
         Ok(RecvRow {
             bytes: spec.size,
-            op: match spec.op {
-                Op::Send => "send".into(),
-                Op::WriteImm => "write-imm".into(),
-            },
+            op: spec.op.name().into(),
             qps: spec.qps,
             messages: t.messages,
             secs,

@@ -150,16 +150,12 @@ pub fn send_line(r: &SendRow) -> String {
 
 /// CPU time of the calling thread.
 pub fn thread_cpu() -> Duration {
-    clock(libc::CLOCK_THREAD_CPUTIME_ID)
-}
-
-fn clock(id: libc::clockid_t) -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `ts` is a valid out-pointer; both CPU-time clocks always exist on Linux.
-    unsafe { libc::clock_gettime(id, &mut ts) };
+    // SAFETY: `ts` is a valid out-pointer; the thread CPU-time clock always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
@@ -234,6 +230,11 @@ impl Progress {
             last: Instant::now(),
             what,
         }
+    }
+
+    /// True when progress lines are printed.
+    pub fn is_on(&self) -> bool {
+        self.on
     }
 
     /// Prints `messages` and the bandwidth since `t0`, at most once a second.

@@ -252,12 +252,9 @@ impl Sender {
                 let c = (wc.wr_id() >> 32) as usize;
                 completed[c] = completed[c].max((wc.wr_id() & 0xffff_ffff) + 1);
             }
-            if n > 0 {
-                progress.tick(
-                    t0,
-                    completed.iter().sum(),
-                    completed.iter().sum::<u64>() * spec.size as u64,
-                );
+            if n > 0 && progress.is_on() {
+                let done: u64 = completed.iter().sum();
+                progress.tick(t0, done, done * spec.size as u64);
             }
             if !busy && (0..q).all(|c| completed[c] == posted[c]) {
                 break;
