@@ -9,7 +9,7 @@
 //!   dma-buf with `cuMemGetHandleForAddressRange` (host-page aligned range, offset into it) and
 //!   handed to the pool as an unreadable region (the pool must opt in with
 //!   `allow_unreadable`).
-//! - **Fallback chain** ([`plan`]): dma-buf MR, else `ibv_reg_mr` on the device pointer through
+//! - **Fallback chain** ([`plan()`], [`plan` module](mod@plan)): dma-buf MR, else `ibv_reg_mr` on the device pointer through
 //!   nvidia-peermem (detected in sysfs, [`peermem`]), else host staging (pinned host slots, the
 //!   payload copied into a GPU slot with `cuMemcpyHtoDAsync`, the lease handed out once the
 //!   copy's event completed), under a [`GpuPolicy`]. [`GpuPool`] walks the chain, really trying

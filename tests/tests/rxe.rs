@@ -49,6 +49,9 @@ mod pool;
 #[path = "rxe/bench.rs"]
 mod bench;
 
+#[path = "rxe/doctor.rs"]
+mod doctor;
+
 fn env() -> RxeEnv {
     gdrx_tests::init_logging();
     RxeEnv::from_env()
