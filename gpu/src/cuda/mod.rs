@@ -271,6 +271,18 @@ pub(crate) fn probe_gpus() -> Result<Vec<GpuProbe>> {
         .collect()
 }
 
+// Leases and GPU handles go to consumer threads; pools and stagers move to their poller.
+const _: () = {
+    const fn send<T: Send>() {}
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<GpuLease>();
+    send_sync::<Gpu>();
+    send_sync::<GpuProvider>();
+    send_sync::<PinnedHostProvider>();
+    send::<Stager<gdrx_core::Lease>>();
+    send::<GpuPool>();
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
