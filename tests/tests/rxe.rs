@@ -57,6 +57,26 @@ fn env() -> RxeEnv {
     RxeEnv::from_env()
 }
 
+/// A workspace binary the rxe tests run: `$var` when set, else `name` beside this test's own
+/// target directory (`target/release/<name>`, which `deploy/run-tests.sh` builds with `build`).
+fn workspace_bin(name: &str, var: &str, build: &str) -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os(var) {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let p = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} does not exist: build it with `{build}` (deploy/run-tests.sh does) or set {var}",
+        p.display()
+    );
+    p
+}
+
 fn summary(name: &str, r: &RecvReport) {
     println!(
         "rxe suite [{name}] device {} (mtu {}): verified {} messages ({} connections: {:?}), {:.1} MiB in \

@@ -14,25 +14,13 @@ use serde_json::Value;
 
 use super::env;
 
-/// The `gdrx-bench` binary: `$GDRX_BENCH_BIN`, else beside this test's own target directory
-/// (`target/release/gdrx-bench`, which `deploy/run-tests.sh` builds).
+/// The `gdrx-bench` binary (`$GDRX_BENCH_BIN`, else `target/release/gdrx-bench`).
 fn bench() -> PathBuf {
-    if let Some(p) = std::env::var_os("GDRX_BENCH_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let p = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>/deps")
-        .join("gdrx-bench");
-    assert!(
-        p.exists(),
-        "{} does not exist: build it with `cargo build --release -p gdrx-bench` \
-         (deploy/run-tests.sh does) or set GDRX_BENCH_BIN",
-        p.display()
-    );
-    p
+    super::workspace_bin(
+        "gdrx-bench",
+        "GDRX_BENCH_BIN",
+        "cargo build --release -p gdrx-bench",
+    )
 }
 
 fn out_dir(name: &str) -> PathBuf {

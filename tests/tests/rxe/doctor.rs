@@ -12,25 +12,14 @@ use serde_json::Value;
 
 use super::env;
 
-/// The `gdrx-doctor` binary: `$GDRX_DOCTOR_BIN`, else beside this test's own target directory
-/// (`target/release/gdrx-doctor`, which `deploy/run-tests.sh` builds with `--features cuda`).
+/// The `gdrx-doctor` binary (`$GDRX_DOCTOR_BIN`, else `target/release/gdrx-doctor`, which
+/// `deploy/run-tests.sh` builds with `--features cuda`).
 fn doctor() -> PathBuf {
-    if let Some(p) = std::env::var_os("GDRX_DOCTOR_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let p = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>/deps")
-        .join("gdrx-doctor");
-    assert!(
-        p.exists(),
-        "{} does not exist: build it with `cargo build --release -p gdrx-gpu --features cuda \
-         --bin gdrx-doctor` (deploy/run-tests.sh does) or set GDRX_DOCTOR_BIN",
-        p.display()
-    );
-    p
+    super::workspace_bin(
+        "gdrx-doctor",
+        "GDRX_DOCTOR_BIN",
+        "cargo build --release -p gdrx-gpu --features cuda --bin gdrx-doctor",
+    )
 }
 
 fn run(args: &[&str]) -> Output {
