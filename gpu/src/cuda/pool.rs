@@ -428,11 +428,10 @@ impl GpuPool {
                 let mut evs = std::mem::take(&mut self.events);
                 evs.clear();
                 let r = pool.poll(&mut |ev| evs.push(ev));
-                let n = match r {
-                    Ok(_) => self.hand_out(&mut evs, f),
-                    Err(e) => Err(e.into()),
-                };
+                // What arrived before an error is handed out all the same.
+                let n = self.hand_out(&mut evs, f);
                 self.events = evs;
+                r?;
                 n
             }
             Mode::Staging {
@@ -522,11 +521,9 @@ impl GpuPool {
                     let mut evs = std::mem::take(&mut self.events);
                     evs.clear();
                     let r = pool.poll_blocking(&mut |ev| evs.push(ev), Some(nap));
-                    let n = match r {
-                        Ok(_) => self.hand_out(&mut evs, f),
-                        Err(e) => Err(e.into()),
-                    };
+                    let n = self.hand_out(&mut evs, f);
                     self.events = evs;
+                    r?;
                     let n = n?;
                     if n > 0 {
                         return Ok(n);
