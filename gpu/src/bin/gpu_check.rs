@@ -61,10 +61,12 @@ enum Outcome {
 
 fn main() {
     let args = Args::parse();
+    // GDRX_LOG, as for gdrx-bench and gdrx-doctor.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GDRX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
         .init();
     let mut results = Vec::new();
     let mut failed = 0;
