@@ -1,7 +1,5 @@
 //! The crate's error type: one variant per failing step, each saying what failed and what to do.
 
-use std::io;
-
 /// What went wrong on the GPU side.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -68,15 +66,6 @@ pub enum GpuError {
     /// A configuration the GPU pool cannot take.
     #[error("invalid GPU pool configuration: {0}")]
     InvalidConfig(String),
-    /// An OS call failed (dup, fdinfo).
-    #[error("{op}: {source}")]
-    Os {
-        /// The call.
-        op: String,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
     /// The verbs layer or the host pool failed.
     #[error(transparent)]
     Core(#[from] gdrx_core::Error),
@@ -84,13 +73,3 @@ pub enum GpuError {
 
 /// `Result` with [`GpuError`].
 pub type Result<T, E = GpuError> = std::result::Result<T, E>;
-
-impl GpuError {
-    /// The CUresult name for [`GpuError::Driver`].
-    pub fn driver_code(&self) -> Option<&str> {
-        match self {
-            GpuError::Driver { name, .. } => Some(name),
-            _ => None,
-        }
-    }
-}

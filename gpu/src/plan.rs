@@ -324,8 +324,6 @@ pub fn plan(policy: GpuPolicy, facts: &PathFacts) -> Result<PathPlan, Vec<String
         }
         match facts.blocker(path) {
             None => {
-                passed_over.retain(|(p, _)| *p != path);
-                // Paths after the chosen one were never considered: report only better ones.
                 return Ok(PathPlan {
                     path,
                     policy,

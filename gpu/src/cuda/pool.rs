@@ -218,20 +218,17 @@ impl GpuPool {
             peermem::detect().as_ref(),
         );
         let policy = cfg.policy;
+        // Every path passed over, with why: not allowed, impossible, or failed when built. Only
+        // paths before the one taken can be in it (policies allow a prefix of the chain).
         let mut passed_over = Vec::new();
         let mut failed = Vec::new();
-        let mut attempts = Vec::new();
         let mut built = None;
         for path in GpuPath::CHAIN {
             if !policy.allows(path) {
-                attempts.push(format!(
-                    "{}: policy {policy} does not allow it",
-                    path.name()
-                ));
+                passed_over.push((path, format!("policy {policy} does not allow it")));
                 continue;
             }
             if let Some(why) = facts.blocker(path) {
-                attempts.push(format!("{}: {why}", path.name()));
                 passed_over.push((path, why));
                 continue;
             }
@@ -242,11 +239,7 @@ impl GpuPool {
                 }
                 Err(e) => {
                     let e = e.to_string();
-                    attempts.push(format!(
-                        "{}: possible, but building it failed: {e}",
-                        path.name()
-                    ));
-                    passed_over.push((path, format!("building it failed: {e}")));
+                    passed_over.push((path, format!("possible, but building it failed: {e}")));
                     failed.push((path, e));
                 }
             }
@@ -256,7 +249,10 @@ impl GpuPool {
                 gpu: gpu.name().to_owned(),
                 nic: dev.name().to_owned(),
                 policy: policy.name(),
-                attempts,
+                attempts: passed_over
+                    .iter()
+                    .map(|(p, why)| format!("{}: {why}", p.name()))
+                    .collect(),
             });
         };
         let info = gpu.info();

@@ -422,19 +422,6 @@ impl<S: StagingSource> Stager<S> {
         s.rejected = self.shared.recycler.slots().rejected();
         s
     }
-
-    /// Returns a GPU slot by `(slot, generation)`, as a consumer that kept only the raw pair
-    /// would; validated like every return (a double or stale one is rejected and counted).
-    ///
-    /// # Errors
-    /// The ring's rejection.
-    pub fn give_back_raw(
-        &self,
-        slot: u32,
-        gen: u32,
-    ) -> std::result::Result<(), gdrx_ring::ReturnError> {
-        self.shared.recycler.give_back(slot, gen)
-    }
 }
 
 impl<S> Drop for Stager<S> {
