@@ -144,7 +144,7 @@ impl Sender {
             let retry = (first_run && c == 0).then(|| Duration::from_secs_f64(o.connect_timeout));
             let conn = self.connect(server, &cspec, &s, retry)?;
             let welcome = Welcome::decode(conn.peer_private_data())
-                .map_err(|e| e.into_error("the server's accept"))?;
+                .map_err(|e| gdrx_core::Error::malformed("the server's accept", e))?;
             if welcome.recv_buf < spec.size {
                 bail!(
                     "the server posts {} B buffers, smaller than the {} B messages",

@@ -1,12 +1,17 @@
 //! # gdrx-core
 //!
-//! The verbs layer and receive buffer pool of gdrx, the RDMA receive path into GPU, huge-page
-//! and host memory: safe, owning types for RDMA devices, protection domains, memory regions
-//! (virtual-address and dma-buf), completion queues (busy polling and event mode), shared
-//! receive queues, RC queue pairs and RDMA CM connections, plus the memory-provider trait and the
-//! receive buffer pool. Built on [`sideway`] (devices, PDs, MRs) and its raw crate
-//! `rdma-mummy-sys` (everything sideway lacks: SRQ, CQ events, QPs on an SRQ, RDMA CM with
-//! private data).
+//! The facade over gdrx's receive-path layers, the RDMA receive path into GPU, huge-page and
+//! host memory. Each layer is its own crate, and a lower one never imports a higher one:
+//!
+//! | crate | what it holds | depends on (gdrx) |
+//! |---|---|---|
+//! | `gdrx-ring` | the lock-free recycle ring and validated slot returns (FFI-free, loom-tested) | - |
+//! | `gdrx-wire` | the private-data handshake (FFI-free) | - |
+//! | `gdrx-verbs` | device, PD, MR, CQ, SRQ, QP, RDMA CM, work requests, async events, the verbs [`Error`] | wire |
+//! | `gdrx-pool` | the [`Provider`]/[`Region`] traits, the [`Pool`], [`Lease`]s and returns, pool metrics | verbs, ring |
+//!
+//! This crate re-exports all of them under one name (the modules keep their paths:
+//! [`cm`], [`cq`], ..., [`pool`], [`provider`], [`wire`]), so a user depends on one crate.
 //!
 //! ## Quick start
 //!
@@ -44,68 +49,36 @@
 //! ```
 //!
 //! ## Features
-//! None yet. The crate builds without RDMA libraries installed: libibverbs and librdmacm are
+//! None yet. The crates build without RDMA libraries installed: libibverbs and librdmacm are
 //! loaded at run time, and their absence is reported as [`Error::NoRdma`].
 //!
-//! ## Thread safety
-//! Devices, PDs, MRs, CQs, SRQs and QPs are `Send + Sync` (the verbs they call are thread-safe).
-//! Posting and polling take `&self`. RDMA CM objects ([`Listener`], [`Connection`]) read their
-//! event channels through `&mut self`.
-//!
-//! ## Resource cleanup
-//! Every object holds an `Arc` of its parent (MR and SRQ -> PD -> device; QP -> PD, CQs, SRQ), so
-//! verbs objects are destroyed children first whatever order the user drops them in. `Drop`
-//! never panics: a failing destroy verb is logged with `tracing`; [`Cq::close`] reports it
-//! instead. Dropping a [`Connection`] moves its QP to the error state (outstanding sends
-//! complete with `WrFlush`) and disconnects. Receive work requests still posted on an SRQ are
-//! discarded when the SRQ is destroyed.
-//!
-//! ## Unsafe
-//! Posting work requests is `unsafe`: the caller promises the SGEs lie in registered memory that
-//! nothing else touches until the completion comes back. The buffer pool ([`pool`]) wraps this:
-//! a slot moves into the posted request and comes back as a [`Lease`] with the completion, so
-//! safe code never touches memory the NIC owns. Memory providers implement the `unsafe trait`
-//! [`Provider`] (implementors promise their regions stay mapped and pinned).
-//!
-//! ## The buffer pool
-//! [`Pool`] keeps an SRQ (or one QP's receive queue) filled from a [`Provider`]'s memory, lends
-//! each completed buffer as a [`Lease`], and takes it back through the lock-free recycle ring of
-//! `gdrx-ring`; see the [`pool`] module for the design and the `metrics` it records.
+//! See `gdrx-verbs` for thread safety, resource cleanup and the unsafe posting API, and
+//! [`pool`] for the buffer pool's design and the `metrics` it records.
 
-#![deny(unsafe_op_in_unsafe_fn)]
-#![deny(clippy::undocumented_unsafe_blocks)]
+#![forbid(unsafe_code)]
 
-pub mod cm;
-pub mod cq;
-pub mod device;
-pub mod error;
-pub mod event;
-pub mod mem;
-pub mod mr;
-pub mod pd;
-pub mod pool;
-pub mod provider;
-pub mod qp;
-pub mod srq;
-mod sys;
-pub mod wire;
-pub mod wr;
+pub use gdrx_verbs::{cm, cq, device, error, event, mem, mr, pd, qp, srq, wr};
+pub use gdrx_wire as wire;
 
-pub use cm::{connect, ConnEvent, ConnectRequest, Connection, ConnectionSpec, Listener};
-pub use cq::{Cq, WorkCompletion};
-pub use device::{
-    device_names, Capabilities, Device, DeviceKind, GidInfo, GidKind, PortInfo, PortState,
-};
-pub use error::{Error, MemlockLimit, PostError, Result, WcError, WcOpcode, WcStatus};
-pub use event::{AsyncEvent, ObjectId, QpEventKind};
-pub use mem::{page_size, HostMemory};
-pub use mr::{Access, Mr, MrKind};
-pub use pd::{DmabufSupport, Pd};
-pub use pool::{
+/// The receive buffer pool (the `gdrx-pool` crate).
+pub mod pool {
+    pub use gdrx_pool::*;
+}
+
+/// Memory providers (the `gdrx-pool` crate's provider traits).
+pub mod provider {
+    pub use gdrx_pool::provider::*;
+}
+
+pub use gdrx_pool::{DmabufView, MemoryKind, Provider, ProviderCheck, Region, RegionDesc};
+pub use gdrx_pool::{
     HeaderSplit, Lease, Pool, PoolConfig, PoolReport, PoolStats, RawLease, RecvEvent, RecvQueue,
     RegistrationPath, RegistrationPolicy, Returner, TeardownReport,
 };
-pub use provider::{DmabufView, MemoryKind, Provider, ProviderCheck, Region, RegionDesc};
-pub use qp::{QpCaps, QpConfig, QpState, QueuePair};
-pub use srq::{Srq, SrqConfig};
-pub use wr::{BatchFull, RecvBatch, SendBatch, SendFlags, SendOp, Sge};
+pub use gdrx_verbs::{
+    connect, device_names, page_size, Access, AsyncEvent, BatchFull, Capabilities, ConnEvent,
+    ConnectRequest, Connection, ConnectionSpec, Cq, Device, DeviceKind, DmabufSupport, Error,
+    GidInfo, GidKind, HostMemory, Listener, MemlockLimit, Mr, MrKind, ObjectId, Pd, PortInfo,
+    PortState, PostError, QpCaps, QpConfig, QpEventKind, QpState, QueuePair, RecvBatch, Result,
+    SendBatch, SendFlags, SendOp, Sge, Srq, SrqConfig, WcError, WcOpcode, WcStatus, WorkCompletion,
+};

@@ -127,7 +127,7 @@ fn open_conn(
     let conn = gdrx_core::connect(plan.server, None, &spec, private)
         .with_context(|| format!("connection {tag} to {}", plan.server))?;
     let welcome = Welcome::decode(conn.peer_private_data())
-        .map_err(|e| e.into_error("accept private data"))?;
+        .map_err(|e| gdrx_core::Error::malformed("accept private data", e))?;
     Ok(SendConn {
         conn,
         cq,

@@ -362,7 +362,7 @@ pub fn run_pool(
             continue;
         };
         let hello = Hello::decode(req.private_data())
-            .map_err(|e| e.into_error("connect request private data"))?;
+            .map_err(|e| gdrx_core::Error::malformed("connect request private data", e))?;
         let welcome = Welcome {
             flags: 0,
             recv_buf: max_msg,

@@ -359,7 +359,7 @@ pub fn run_two_process(
         let hello = match Hello::decode(req.private_data()) {
             Ok(h) => h,
             Err(e) => {
-                let err: Error = e.into_error("connect request private data");
+                let err = Error::malformed("connect request private data", e);
                 report.rejected.push(err.to_string());
                 req.reject(b"gdrx: malformed hello")?;
                 continue;

@@ -1,6 +1,6 @@
 //! Memory providers: where the receive buffer pool gets its memory.
 //!
-//! A [`Provider`] allocates [`Region`]s; the pool ([`crate::pool`]) carves each region into
+//! A [`Provider`] allocates [`Region`]s; the pool ([`crate::Pool`]) carves each region into
 //! fixed-size slots and registers it with the NIC once. This is the RDMA analogue of the Linux
 //! page_pool memory providers behind devmem TCP and io_uring zero-copy receive: host pages, huge
 //! pages, a udmabuf (a dma-buf made from a memfd) and GPU memory all feed the same pool, which
@@ -9,7 +9,7 @@
 //! A region describes itself with a [`RegionDesc`]:
 //! - how the NIC can register it: a dma-buf (fd, offset, IOVA) for `ibv_reg_dmabuf_mr`, an
 //!   address for `ibv_reg_mr`, or both (the pool tries dma-buf first and reports when it falls
-//!   back, see [`crate::pool::RegistrationPath`]);
+//!   back, see [`crate::RegistrationPath`]);
 //! - whether the CPU may read it ([`RegionDesc::cpu_readable`]): device memory is *unreadable*,
 //!   and a pool only accepts unreadable memory when its user opts in (like drivers opting in
 //!   with `PP_FLAG_ALLOW_UNREADABLE_NETMEM`);
@@ -26,33 +26,8 @@ use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use crate::device::Device;
-use crate::error::Result;
-
-/// What kind of memory a provider hands out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum MemoryKind {
-    /// Ordinary host pages.
-    Host,
-    /// Huge pages (hugetlbfs or transparent huge pages).
-    HugePage,
-    /// A dma-buf exported from host memory (udmabuf).
-    HostDmabuf,
-    /// GPU device memory.
-    Gpu,
-}
-
-impl fmt::Display for MemoryKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            MemoryKind::Host => "host",
-            MemoryKind::HugePage => "hugepage",
-            MemoryKind::HostDmabuf => "udmabuf",
-            MemoryKind::Gpu => "gpu",
-        })
-    }
-}
+pub use gdrx_verbs::mem::MemoryKind;
+use gdrx_verbs::{Device, Result};
 
 /// A dma-buf view of a region: `ibv_reg_dmabuf_mr(pd, offset, len, iova, fd, access)`.
 #[derive(Debug, Clone, Copy)]
@@ -189,6 +164,6 @@ pub unsafe trait Provider: Send + Sync + fmt::Debug {
     /// Allocates a region of at least `len` bytes.
     ///
     /// # Errors
-    /// [`crate::Error::Alloc`] saying what could not be allocated, why, and what to do.
+    /// [`gdrx_verbs::Error::Alloc`] saying what could not be allocated, why, and what to do.
     fn alloc(&self, len: usize) -> Result<Arc<dyn Region>>;
 }

@@ -14,10 +14,11 @@ use std::sync::{Arc, OnceLock};
 
 use gdrx_ring::{Recycler, ReturnError, SlotState};
 
-use crate::mr::Mr;
-use crate::pool::metrics::ReturnMetrics;
-use crate::pool::{RecvQueue, RegistrationPath};
+use gdrx_verbs::Mr;
+
+use crate::metrics::ReturnMetrics;
 use crate::provider::{MemoryKind, Region};
+use crate::{RecvQueue, RegistrationPath};
 
 /// One registered region of the pool.
 pub(crate) struct RegionEntry {

@@ -1,3 +1,10 @@
+//! # gdrx-pool
+//!
+//! The receive buffer pool of gdrx, one layer above the verbs (`gdrx-verbs`): the memory
+//! provider traits ([`Provider`], [`Region`]), the [`Pool`] that keeps an SRQ (or one QP's
+//! receive queue) fed from a provider's memory, the [`Lease`]s it lends, and the validated
+//! returns of `gdrx-ring`. No verbs crate depends on it.
+//!
 //! The receive buffer pool: keeps an SRQ fed from a memory [`Provider`], lends each completed
 //! buffer to the consumer as a [`Lease`], and takes it back through the lock-free recycle ring
 //! of [`gdrx_ring`].
@@ -24,10 +31,11 @@
 //! [`Pool::close`] (or drop) reports what was still out ([`TeardownReport`]). Leases keep the
 //! memory (and the MRs) alive: a lease dropped after its pool is gone is still valid, and its
 //! return is simply discarded. Receives still posted are discarded with the SRQ (see
-//! [`crate::srq`]); the SRQ is destroyed before the MRs its receives point into.
+//! `gdrx_verbs::srq`); the SRQ is destroyed before the MRs its receives point into.
 
 mod lease;
 pub mod metrics;
+pub mod provider;
 
 use std::fmt;
 use std::sync::Arc;
@@ -39,17 +47,12 @@ pub use lease::{Lease, RawLease, RawReturnError, Returner, Unreadable};
 use gdrx_ring::RecycleConsumer;
 use lease::{Layout, RegionEntry, Shared};
 
-use crate::cq::{Cq, WorkCompletion};
-use crate::device::Device;
-use crate::error::PostError;
-use crate::error::{Error, Result, WcError};
-use crate::mr::Access;
-use crate::pd::DmabufSupport;
-use crate::pd::Pd;
-use crate::provider::{MemoryKind, Provider, ProviderCheck, Region};
-use crate::qp::QueuePair;
-use crate::srq::Srq;
-use crate::wr::RecvBatch;
+use gdrx_verbs::{
+    Access, Cq, Device, DmabufSupport, Error, Pd, PostError, QueuePair, RecvBatch, Result, Srq,
+    WcError, WorkCompletion,
+};
+
+pub use provider::{DmabufView, MemoryKind, Provider, ProviderCheck, Region, RegionDesc};
 
 /// The receive queue a pool keeps filled: an SRQ (any number of QPs) or one QP's own receive
 /// queue.
@@ -475,7 +478,7 @@ impl Pool {
     }
 
     /// Builds a pool feeding the receive queue of one QP (created without an SRQ, e.g. through
-    /// [`crate::Connection::shared_qp`]); `cq` is that QP's receive CQ. When the QP goes to the
+    /// `gdrx_verbs::Connection::shared_qp`); `cq` is that QP's receive CQ. When the QP goes to the
     /// error state its posted receives complete with `WrFlush`: the pool hands those over as
     /// [`RecvEvent::Failed`] and stops posting.
     ///
@@ -969,7 +972,7 @@ impl Pool {
         self.posted -= 1;
         let slots = self.shared.recycler.slots();
         if let Err(e) = wc.result() {
-            if e.status == crate::error::WcStatus::WrFlush {
+            if e.status == gdrx_verbs::WcStatus::WrFlush {
                 // Only a QP's own receive queue flushes (SRQ receives are not flushed): the QP
                 // is in the error state, so posting more would only flush them again.
                 self.flushed = true;

@@ -210,14 +210,14 @@ impl Mr {
     }
 
     /// The window of `len` bytes at `offset` into the region, to advertise to a peer for RDMA
-    /// WRITE (e.g. in [`crate::wire::Welcome::window`]); `None` when it is out of bounds or empty,
+    /// WRITE (e.g. in `gdrx_wire::Welcome::window`); `None` when it is out of bounds or empty,
     /// or the MR was not registered with REMOTE_WRITE access.
-    pub fn remote_window(&self, offset: u64, len: u64) -> Option<crate::wire::RemoteWindow> {
+    pub fn remote_window(&self, offset: u64, len: u64) -> Option<gdrx_wire::RemoteWindow> {
         let end = offset.checked_add(len)?;
         if len == 0 || end > self.len as u64 || !self.access.contains(Access::REMOTE_WRITE) {
             return None;
         }
-        Some(crate::wire::RemoteWindow {
+        Some(gdrx_wire::RemoteWindow {
             addr: self.iova + offset,
             len,
             rkey: self.rkey(),

@@ -177,7 +177,8 @@ pub enum Error {
         /// What was being parsed.
         what: &'static str,
         /// Why it does not parse.
-        reason: String,
+        #[source]
+        reason: gdrx_wire::WireError,
     },
 
     /// A memory provider could not allocate a region.
@@ -203,7 +204,7 @@ pub enum Error {
         provider: String,
         /// Device name.
         device: String,
-        /// Why not (from [`crate::Provider::check`]).
+        /// Why not (from `Provider::check` in gdrx-pool).
         blockers: Vec<String>,
     },
 
@@ -217,7 +218,7 @@ pub enum Error {
         /// The provider's name.
         provider: String,
         /// Its memory kind.
-        kind: crate::provider::MemoryKind,
+        kind: crate::mem::MemoryKind,
     },
 
     /// No registration path worked for a region (every attempt is listed).
@@ -243,6 +244,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// [`Error::Malformed`]: the handshake bytes of `what` (e.g. "connect request private data")
+    /// do not parse.
+    pub fn malformed(what: &'static str, reason: gdrx_wire::WireError) -> Error {
+        Error::Malformed { what, reason }
+    }
+
     /// The errno behind this error, if it carries one.
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {

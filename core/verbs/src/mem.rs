@@ -168,3 +168,29 @@ mod tests {
         let _ = unsafe { m.slice(4000, 200) };
     }
 }
+
+/// What kind of memory a region is (what a memory provider hands out; named in errors and
+/// reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MemoryKind {
+    /// Ordinary host pages.
+    Host,
+    /// Huge pages (hugetlbfs or transparent huge pages).
+    HugePage,
+    /// A dma-buf exported from host memory (udmabuf).
+    HostDmabuf,
+    /// GPU device memory.
+    Gpu,
+}
+
+impl fmt::Display for MemoryKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MemoryKind::Host => "host",
+            MemoryKind::HugePage => "hugepage",
+            MemoryKind::HostDmabuf => "udmabuf",
+            MemoryKind::Gpu => "gpu",
+        })
+    }
+}
