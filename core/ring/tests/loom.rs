@@ -305,3 +305,102 @@ fn lease_learned_without_synchronization_still_finds_room() {
         assert_eq!(r.slots().state(0), Some((SlotState::Free, g1 + 2)));
     });
 }
+
+// The raw-return flag hand-off of gdrx-pool's leases (core/pool/src/lease.rs), modelled on the
+// real slot table with the same orderings. Per slot the pool keeps a flag "this generation was
+// turned into a raw pair" next to the table:
+// - the poller clears it (Relaxed) just before `lend` (Release) makes a new generation a `Lease`;
+// - `Lease::into_raw` sets it (Release);
+// - `Returner::give_back(slot, gen)` reads the state (Acquire) and, when it shows `Lent(gen)`,
+//   refuses the return as "held by a live Lease" unless it sees the flag (Acquire).
+// These helpers are line-for-line copies of those three steps.
+
+/// `Returner::give_back`'s decision: `Err(None)` for "held by a live Lease", `Err(Some(_))`
+/// for a protocol rejection.
+fn raw_return(
+    r: &Recycler,
+    raw: &loom::sync::atomic::AtomicBool,
+    slot: u32,
+    gen: u32,
+) -> Result<(), Option<ReturnError>> {
+    use loom::sync::atomic::Ordering;
+    if let Some((SlotState::Lent, cur)) = r.slots().state(slot) {
+        if cur == gen && !raw.load(Ordering::Acquire) {
+            return Err(None);
+        }
+    }
+    r.give_back(slot, gen).map_err(Some)
+}
+
+/// The poller's lend of a slot as a `Lease` (`Pool::complete`).
+fn lend_as_lease(r: &Recycler, raw: &loom::sync::atomic::AtomicBool, slot: u32) -> u32 {
+    use loom::sync::atomic::Ordering;
+    r.slots().mark_posted(slot).unwrap();
+    raw.store(false, Ordering::Relaxed);
+    r.slots().lend(slot).unwrap()
+}
+
+#[test]
+fn raw_flag_of_an_old_generation_never_frees_a_new_lease() {
+    use loom::sync::atomic::{AtomicBool, Ordering};
+    model(|| {
+        let r = Recycler::new(1);
+        let mut consumer = r.consumer().unwrap();
+        let raw = Arc::new(AtomicBool::new(false));
+        // Generation g0: lent as a Lease, turned raw, returned raw, drained by the poller.
+        let g0 = lend_as_lease(&r, &raw, 0);
+        raw.store(true, Ordering::Release);
+        raw_return(&r, &raw, 0, g0).unwrap();
+        assert_eq!(consumer.drain(usize::MAX, |_| {}), 1);
+
+        // The poller lends the slot again as a Lease while a forger, who guesses the new
+        // generation from the table, tries to return it raw. The old generation's flag is still
+        // set when the race starts.
+        let (r2, raw2) = (Arc::clone(&r), Arc::clone(&raw));
+        let poller = thread::spawn(move || lend_as_lease(&r2, &raw2, 0));
+        // The forger runs on a thread of its own: with it on the model's main thread after the
+        // setup, loom ran a single interleaving here. Checked: this model fails when the poller
+        // clears the flag after `lend` instead of before.
+        let (r3, raw3) = (Arc::clone(&r), Arc::clone(&raw));
+        let forger = thread::spawn(move || match r3.slots().state(0) {
+            Some((SlotState::Lent, cur)) => raw_return(&r3, &raw3, 0, cur),
+            _ => raw_return(&r3, &raw3, 0, g0),
+        });
+        let g1 = poller.join().unwrap();
+        let forged = forger.join().unwrap();
+        assert!(
+            forged.is_err(),
+            "a raw return freed slot 0 while a Lease held generation {g1}"
+        );
+        // The Lease still owns the slot.
+        assert_eq!(r.slots().state(0), Some((SlotState::Lent, g1)));
+    });
+}
+
+#[test]
+fn a_pair_handed_off_after_into_raw_is_always_accepted_once() {
+    use loom::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    model(|| {
+        let r = Recycler::new(1);
+        let raw = Arc::new(AtomicBool::new(false));
+        let gen = lend_as_lease(&r, &raw, 0);
+        // The consumer thread turns its Lease into a raw pair and hands it to another thread
+        // (a Python deleter, a C caller) through a plain atomic.
+        let mailbox = Arc::new(AtomicU32::new(u32::MAX));
+        let (raw2, mb2) = (Arc::clone(&raw), Arc::clone(&mailbox));
+        let consumer = thread::spawn(move || {
+            raw2.store(true, Ordering::Release); // Lease::into_raw
+            mb2.store(gen, Ordering::Release);
+        });
+        let got = loop {
+            match mailbox.load(Ordering::Acquire) {
+                u32::MAX => thread::yield_now(),
+                g => break g,
+            }
+        };
+        assert_eq!(raw_return(&r, &raw, 0, got), Ok(()));
+        assert!(matches!(raw_return(&r, &raw, 0, got), Err(Some(_))));
+        consumer.join().unwrap();
+        assert_eq!(r.slots().state(0).map(|s| s.0), Some(SlotState::Returned));
+    });
+}
