@@ -246,15 +246,6 @@ impl Device {
         Pd::new(self)
     }
 
-    /// Probes whether the device can register dma-bufs, on a throw-away PD (see
-    /// [`Pd::probe_dmabuf`] for the rule).
-    ///
-    /// # Errors
-    /// [`Error::Verbs`] when the PD cannot be allocated.
-    pub fn probe_dmabuf(self: &Arc<Self>) -> Result<crate::pd::DmabufSupport> {
-        Ok(self.alloc_pd()?.probe_dmabuf())
-    }
-
     /// Queries the device, its ports and their GID tables.
     ///
     /// # Errors
