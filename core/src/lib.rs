@@ -57,18 +57,10 @@
 
 #![forbid(unsafe_code)]
 
+pub use gdrx_pool as pool;
+pub use gdrx_pool::provider;
 pub use gdrx_verbs::{cm, cq, device, error, event, mem, mr, pd, qp, srq, wr};
 pub use gdrx_wire as wire;
-
-/// The receive buffer pool (the `gdrx-pool` crate).
-pub mod pool {
-    pub use gdrx_pool::*;
-}
-
-/// Memory providers (the `gdrx-pool` crate's provider traits).
-pub mod provider {
-    pub use gdrx_pool::provider::*;
-}
 
 pub use gdrx_pool::{DmabufView, MemoryKind, Provider, ProviderCheck, Region, RegionDesc};
 pub use gdrx_pool::{

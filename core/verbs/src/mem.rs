@@ -141,6 +141,32 @@ impl Drop for HostMemory {
     }
 }
 
+/// What kind of memory a region is (what a memory provider hands out; named in errors and
+/// reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MemoryKind {
+    /// Ordinary host pages.
+    Host,
+    /// Huge pages (hugetlbfs or transparent huge pages).
+    HugePage,
+    /// A dma-buf exported from host memory (udmabuf).
+    HostDmabuf,
+    /// GPU device memory.
+    Gpu,
+}
+
+impl fmt::Display for MemoryKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MemoryKind::Host => "host",
+            MemoryKind::HugePage => "hugepage",
+            MemoryKind::HostDmabuf => "udmabuf",
+            MemoryKind::Gpu => "gpu",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,31 +192,5 @@ mod tests {
         let m = HostMemory::new(4096).unwrap();
         // SAFETY: not registered; the call panics before borrowing.
         let _ = unsafe { m.slice(4000, 200) };
-    }
-}
-
-/// What kind of memory a region is (what a memory provider hands out; named in errors and
-/// reports).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum MemoryKind {
-    /// Ordinary host pages.
-    Host,
-    /// Huge pages (hugetlbfs or transparent huge pages).
-    HugePage,
-    /// A dma-buf exported from host memory (udmabuf).
-    HostDmabuf,
-    /// GPU device memory.
-    Gpu,
-}
-
-impl fmt::Display for MemoryKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            MemoryKind::Host => "host",
-            MemoryKind::HugePage => "hugepage",
-            MemoryKind::HostDmabuf => "udmabuf",
-            MemoryKind::Gpu => "gpu",
-        })
     }
 }

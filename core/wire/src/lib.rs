@@ -20,9 +20,8 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"GDRX");
 /// The protocol version this build speaks.
 pub const VERSION: u8 = 1;
 
-// Both messages fit in what RDMA CM carries (gdrx-verbs asserts this against its limits too).
-const _: () = assert!(Hello::LEN <= 56);
-const _: () = assert!(Welcome::LEN <= 196);
+// That both messages fit in what RDMA CM carries is asserted in gdrx-verbs, against its
+// private-data limits (`cm::MAX_CONNECT_PRIVATE_DATA`, `cm::MAX_ACCEPT_PRIVATE_DATA`).
 
 const KIND_HELLO: u8 = 1;
 const KIND_WELCOME: u8 = 2;

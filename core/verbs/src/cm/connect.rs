@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
-use std::ptr::{self};
+use std::ptr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,9 +16,9 @@ use rdma_mummy_sys::{
 use crate::error::{Error, Result};
 use crate::qp::QueuePair;
 
-use super::address::*;
-use super::raw::*;
-use super::*;
+use super::address::to_sockaddr;
+use super::raw::{cm_err, event_name, wait_for, CmId, EventChannel};
+use super::{check_private_len, ConnectionSpec, MAX_CONNECT_PRIVATE_DATA};
 
 pub(crate) fn check_device(id: &CmId, spec: &ConnectionSpec, peer: &str) -> Result<()> {
     let pd_dev = spec.pd.device().name();

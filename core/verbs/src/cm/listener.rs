@@ -11,17 +11,17 @@ use rdma_mummy_sys::rdma_cm_event_type as ev;
 
 use crate::error::{Error, Result};
 
-use super::address::*;
-use super::connect::*;
-use super::raw::*;
-use super::*;
+use super::address::to_sockaddr;
+use super::connect::{check_device, conn_param, to_init, to_rtr_rts, Connection};
+use super::raw::{cm_err, event_name, wait_for, CmId, EventChannel};
+use super::{check_private_len, ConnectionSpec, MAX_ACCEPT_PRIVATE_DATA, MAX_REJECT_PRIVATE_DATA};
 
 /// Listens for RDMA CM connection requests on one IP:port.
 pub struct Listener {
     // Field order: the id is destroyed before its channel.
-    pub(crate) id: CmId,
-    pub(crate) channel: EventChannel,
-    pub(crate) addr: SocketAddr,
+    id: CmId,
+    channel: EventChannel,
+    addr: SocketAddr,
 }
 
 // SAFETY: the listener's id and channel are only used through &mut self or by librdmacm calls
@@ -147,13 +147,13 @@ impl AsRawFd for Listener {
 
 /// A connection request, to accept or reject.
 pub struct ConnectRequest {
-    pub(crate) id: CmId,
-    pub(crate) channel: EventChannel,
-    pub(crate) peer: Option<SocketAddr>,
-    pub(crate) private: Vec<u8>,
-    pub(crate) device: Option<String>,
-    pub(crate) initiator_depth: u8,
-    pub(crate) responder_resources: u8,
+    id: CmId,
+    channel: EventChannel,
+    peer: Option<SocketAddr>,
+    private: Vec<u8>,
+    device: Option<String>,
+    initiator_depth: u8,
+    responder_resources: u8,
 }
 
 impl fmt::Debug for ConnectRequest {
@@ -182,7 +182,7 @@ impl ConnectRequest {
         self.device.as_deref()
     }
 
-    pub(crate) fn peer_str(&self) -> String {
+    fn peer_str(&self) -> String {
         self.peer.map_or_else(|| "?".to_owned(), |p| p.to_string())
     }
 

@@ -16,7 +16,7 @@ use rdma_mummy_sys::{
 use crate::error::{Error, Result};
 use crate::sys::{set_nonblocking, wait_readable};
 
-use super::address::*;
+use super::address::from_sockaddr;
 
 pub(crate) struct EventChannel {
     pub(crate) raw: NonNull<rdma_event_channel>,
@@ -98,7 +98,7 @@ impl Drop for EventChannel {
 
 /// A received CM event; acknowledged on drop.
 pub(crate) struct CmEvent {
-    pub(crate) raw: NonNull<rdma_cm_event>,
+    raw: NonNull<rdma_cm_event>,
 }
 
 impl CmEvent {
