@@ -36,6 +36,7 @@
 mod lease;
 pub mod metrics;
 pub mod provider;
+pub mod state;
 
 use std::fmt;
 use std::sync::Arc;
@@ -46,6 +47,11 @@ pub use lease::{Lease, RawLease, RawReturnError, Returner, Unreadable};
 
 use gdrx_ring::RecycleConsumer;
 use lease::{Layout, RegionEntry, Shared};
+use state::{
+    Geometry, Outcome, Placement, PoolState, QueueLimits, RecvTarget, RefillError, Shape, Verdict,
+};
+
+pub use state::ConfigError;
 
 use gdrx_verbs::{
     Access, Cq, Device, DmabufSupport, Error, Pd, PostError, QueuePair, RecvBatch, Result, Srq,
@@ -351,6 +357,10 @@ pub struct PoolStats {
     pub max_post_batch: u32,
     /// Times the pool ran out of slots ([`RecvEvent::Exhausted`]).
     pub empty_events: u64,
+    /// Completions for work requests the pool did not post (something else shares the CQ).
+    pub foreign_completions: u64,
+    /// Completions for slots that were not posted (a duplicate completion; never expected).
+    pub unposted_completions: u64,
     /// Regions allocated.
     pub regions: u32,
     /// Slots carved.
@@ -412,34 +422,18 @@ impl fmt::Display for TeardownReport {
 
 /// The receive buffer pool. It is `Send` (it can move to the poller thread) but used from one
 /// thread; leases and [`Returner`]s work from any thread.
+///
+/// The decisions (what to post, when to grow, what a completion means) are
+/// [`state::PoolState`]'s; the pool executes them on the verbs objects.
 pub struct Pool {
     shared: Arc<Shared>,
     consumer: RecycleConsumer,
     cq: Arc<Cq>,
-    provider: Arc<dyn Provider>,
-    header_provider: Option<Arc<dyn Provider>>,
     check: ProviderCheck,
-    dmabuf: DmabufSupport,
-    access: Access,
-    policy: RegistrationPolicy,
-    max_regions: u32,
-    depth: u32,
-    low_watermark: u32,
-    post_batch: u32,
-    poll_batch: usize,
-    regions: u32,
-    carved: u32,
-    free: Vec<u32>,
-    posted: u32,
-    lent: u32,
-    batch: RecvBatch,
+    state: PoolState,
+    exec: Exec,
     wcs: Vec<WorkCompletion>,
-    exhausted: bool,
-    /// The QP's receive queue flushed (QP in the error state): stop posting.
-    flushed: bool,
     grow_error: Option<String>,
-    stats: PoolStats,
-    metrics: metrics::PollerMetrics,
     closed: bool,
 }
 
@@ -448,273 +442,101 @@ impl fmt::Debug for Pool {
         f.debug_struct("Pool")
             .field("name", &self.shared.name)
             .field("provider", &self.shared.provider)
-            .field("carved", &self.carved)
-            .field("posted", &self.posted)
-            .field("lent", &self.lent)
-            .field("free", &self.free.len())
+            .field("carved", &self.state.carved())
+            .field("posted", &self.state.posted())
+            .field("lent", &self.state.lent())
+            .field("free", &self.state.free())
             .finish()
     }
 }
 
-impl Pool {
-    /// Builds a pool feeding `srq`, whose completions arrive on `cq` (the receive CQ of every QP
-    /// on the SRQ; it must carry nothing else). Checks the provider and the configuration before
-    /// anything is allocated, allocates and registers `initial_regions`, and posts `depth`
-    /// receives.
-    ///
-    /// # Errors
-    /// [`Error::InvalidConfig`] for a configuration the SRQ or device cannot take;
-    /// [`Error::ProviderUnusable`] when the provider's check fails;
-    /// [`Error::UnreadableMemory`] for device memory without `allow_unreadable`;
-    /// [`Error::Alloc`] / [`Error::Registration`] / [`Error::MemoryLock`] when memory cannot be
-    /// allocated or registered; [`Error::Post`] when the SRQ refuses the receives.
-    pub fn new(
-        srq: &Arc<Srq>,
-        cq: &Arc<Cq>,
-        provider: Arc<dyn Provider>,
-        cfg: PoolConfig,
-    ) -> Result<Pool> {
-        Pool::build(RecvQueue::Srq(Arc::clone(srq)), cq, provider, cfg)
-    }
+/// One payload region and, with header split, its header region: allocated, not yet
+/// registered.
+struct RegionPair {
+    payload: Arc<dyn Region>,
+    header: Option<Arc<dyn Region>>,
+}
 
-    /// Builds a pool feeding the receive queue of one QP (created without an SRQ, e.g. through
-    /// `gdrx_verbs::Connection::shared_qp`); `cq` is that QP's receive CQ. When the QP goes to the
-    /// error state its posted receives complete with `WrFlush`: the pool hands those over as
-    /// [`RecvEvent::Failed`] and stops posting.
-    ///
-    /// # Errors
-    /// As [`Pool::new`]; [`Error::InvalidConfig`] when the QP takes its receives from an SRQ.
-    pub fn for_qp(
-        qp: &Arc<QueuePair>,
-        cq: &Arc<Cq>,
-        provider: Arc<dyn Provider>,
-        cfg: PoolConfig,
-    ) -> Result<Pool> {
-        if qp.srq().is_some() {
-            return Err(Error::InvalidConfig(
-                "the QP takes its receives from an SRQ: build the pool on the SRQ (Pool::new)"
-                    .into(),
-            ));
-        }
-        Pool::build(RecvQueue::Qp(Arc::clone(qp)), cq, provider, cfg)
-    }
+/// The verbs side of the pool: builds SGEs, posts, allocates and registers regions. It is the
+/// [`RecvTarget`] the state machine drives.
+struct Exec {
+    shared: Arc<Shared>,
+    provider: Arc<dyn Provider>,
+    header_provider: Option<Arc<dyn Provider>>,
+    dmabuf: DmabufSupport,
+    access: Access,
+    policy: RegistrationPolicy,
+    geo: Geometry,
+    batch: RecvBatch,
+    /// The first region, allocated before the pool exists to check its readability.
+    pending: Option<RegionPair>,
+    metrics: metrics::PollerMetrics,
+}
 
-    fn build(
-        queue: RecvQueue,
-        cq: &Arc<Cq>,
-        provider: Arc<dyn Provider>,
-        cfg: PoolConfig,
-    ) -> Result<Pool> {
-        let device = Arc::clone(queue.pd().device());
-        let bad = |m: String| Err(Error::InvalidConfig(m));
-        if cfg.slot_size == 0 || cfg.slots_per_region == 0 {
-            return bad("slot_size and slots_per_region must be at least 1".into());
-        }
-        if cfg.initial_regions == 0 || cfg.initial_regions > cfg.max_regions {
-            return bad(format!(
-                "initial_regions {} must be 1..=max_regions ({})",
-                cfg.initial_regions, cfg.max_regions
-            ));
-        }
-        let max_slots = cfg
-            .slots_per_region
-            .checked_mul(cfg.max_regions)
-            .filter(|&n| n <= 1 << 30)
-            .ok_or_else(|| {
-                Error::InvalidConfig(format!(
-                    "{} regions x {} slots is more than 2^30 slots",
-                    cfg.max_regions, cfg.slots_per_region
-                ))
-            })?;
-        (cfg.slot_size as usize)
-            .checked_mul(cfg.slots_per_region as usize)
-            .ok_or_else(|| Error::InvalidConfig("region size overflows".into()))?;
-        if !cfg.access.contains(Access::LOCAL_WRITE) {
-            return bad("receive memory needs LOCAL_WRITE access".into());
-        }
-        let sges = if cfg.header_split.is_some() { 2 } else { 1 };
-        if queue.max_sge() < sges {
-            return bad(format!(
-                "header split needs 2 SGEs per receive but the {} was created with max_sge {}",
-                queue.what(),
-                queue.max_sge()
-            ));
-        }
-        if let Some(h) = &cfg.header_split {
-            if h.bytes == 0 {
-                return bad("header split with 0 header bytes".into());
+impl RecvTarget for Exec {
+    type Error = Error;
+
+    fn stage(&mut self, at: Placement) {
+        let r = self.shared.regions[at.region as usize]
+            .get()
+            .expect("carved slot has a region");
+        let payload =
+            r.mr.sge(at.payload.0, at.payload.1 as usize)
+                .expect("slot inside its MR");
+        let pushed = match at.header {
+            None => self.batch.push(u64::from(at.slot), &[payload]),
+            Some((off, len)) => {
+                let h = self.shared.headers[at.region as usize]
+                    .get()
+                    .expect("header split slot has a header region");
+                let hs = h.mr.sge(off, len as usize).expect("header inside its MR");
+                self.batch.push(u64::from(at.slot), &[hs, payload])
             }
-        }
-        let depth = match cfg.depth {
-            0 => max_slots.min(queue.max_wr()),
-            d => d,
         };
-        if depth > queue.max_wr() || depth > max_slots {
-            return bad(format!(
-                "depth {depth} exceeds the {} depth ({}) or the pool's slots ({max_slots})",
-                queue.what(),
-                queue.max_wr()
-            ));
-        }
-        let low_watermark = match cfg.low_watermark {
-            0 => (depth * 3 / 4).max(1),
-            w if w <= depth => w,
-            w => return bad(format!("low_watermark {w} above depth {depth}")),
-        };
-        if cfg.post_batch == 0 || cfg.poll_batch == 0 {
-            return bad("post_batch and poll_batch must be at least 1".into());
-        }
-
-        // Capability before anything is allocated or posted.
-        let check = provider.check(&device);
-        if !check.is_usable() {
-            return Err(Error::ProviderUnusable {
-                provider: provider.name().to_owned(),
-                device: device.name().to_owned(),
-                blockers: check.blockers,
-            });
-        }
-        if let Some(h) = &cfg.header_split {
-            let hc = h.provider.check(&device);
-            if !hc.is_usable() {
-                return Err(Error::ProviderUnusable {
-                    provider: h.provider.name().to_owned(),
-                    device: device.name().to_owned(),
-                    blockers: hc.blockers,
-                });
-            }
-        }
-        let dmabuf = queue.pd().probe_dmabuf();
-        if cfg.registration == RegistrationPolicy::RequireDmabuf && !dmabuf.is_supported() {
-            return Err(Error::Registration {
-                provider: provider.name().to_owned(),
-                device: device.name().to_owned(),
-                attempts: vec![format!("dma-buf required, but the device's is {dmabuf}")],
-            });
-        }
-
-        let (pm, rm) = metrics::register(&cfg.name, provider.name());
-        let layout = Layout {
-            slot_size: cfg.slot_size,
-            slots_per_region: cfg.slots_per_region,
-            header_bytes: cfg.header_split.as_ref().map_or(0, |h| h.bytes),
-        };
-        let shared = Arc::new(Shared::new(
-            cfg.name.clone(),
-            provider.name().to_owned(),
-            provider.kind(),
-            true,
-            layout,
-            max_slots,
-            cfg.max_regions,
-            queue,
-            rm,
-        ));
-        let consumer = shared
-            .recycler
-            .consumer()
-            .expect("a fresh recycler has no consumer yet");
-        let post_batch = cfg.post_batch.min(depth);
-        let mut pool = Pool {
-            consumer,
-            cq: Arc::clone(cq),
-            provider,
-            header_provider: cfg.header_split.as_ref().map(|h| Arc::clone(&h.provider)),
-            check,
-            dmabuf,
-            access: cfg.access,
-            policy: cfg.registration,
-            max_regions: cfg.max_regions,
-            depth,
-            low_watermark,
-            post_batch,
-            poll_batch: cfg.poll_batch as usize,
-            regions: 0,
-            carved: 0,
-            free: Vec::with_capacity(max_slots as usize),
-            posted: 0,
-            lent: 0,
-            batch: RecvBatch::with_capacity(post_batch as usize, (post_batch * sges) as usize),
-            wcs: WorkCompletion::buffer(cfg.poll_batch as usize),
-            exhausted: false,
-            flushed: false,
-            grow_error: None,
-            stats: PoolStats::default(),
-            metrics: pm,
-            closed: false,
-            shared,
-        };
-        // Readability is only known once a region exists: check the first before posting.
-        let first = pool.alloc_region()?;
-        if !first.0.desc().cpu_readable && !cfg.allow_unreadable {
-            return Err(Error::UnreadableMemory {
-                provider: pool.provider.name().to_owned(),
-                kind: pool.provider.kind(),
-            });
-        }
-        Arc::get_mut(&mut pool.shared)
-            .expect("nothing else holds the pool's shared state yet")
-            .readable = first.0.desc().cpu_readable;
-        pool.install_region(first)?;
-        for _ in 1..cfg.initial_regions {
-            let r = pool.alloc_region()?;
-            pool.install_region(r)?;
-        }
-        pool.refill(true)?;
-        tracing::info!("{}", pool.report());
-        Ok(pool)
+        pushed.expect("the batch holds post_batch work requests");
     }
 
+    fn post(&mut self) -> std::result::Result<(), (usize, Error)> {
+        let n = self.batch.len();
+        // SAFETY: every SGE lies in an MR of this pool whose memory lives as long as the
+        // shared state (which outlives the queue's use of it: see `Shared`); the state machine
+        // moved each staged slot Free -> Posted, so no lease or other post refers to it until
+        // its completion is polled.
+        let r = unsafe { self.shared.queue.post(&mut self.batch) };
+        self.batch.clear();
+        let accepted = r.as_ref().map_or_else(|e| e.posted, |()| n);
+        self.metrics.refill_batch.record(accepted as f64);
+        r.map_err(|e| (e.posted, e.into()))
+    }
+
+    fn grow(&mut self, index: u32) -> Result<()> {
+        let pair = match self.pending.take() {
+            Some(p) => p,
+            None => alloc_region(&*self.provider, self.header_provider.as_deref(), &self.geo)?,
+        };
+        self.install_region(index as usize, pair)?;
+        self.metrics.regions.set(f64::from(index + 1));
+        Ok(())
+    }
+
+    fn lending(&mut self, slot: u32) {
+        self.shared.clear_raw(slot);
+    }
+}
+
+impl Exec {
     fn device(&self) -> &Arc<Device> {
         self.shared.queue.pd().device()
     }
 
-    /// Allocates (and checks) one payload region and its header region; registers nothing yet.
-    #[allow(clippy::type_complexity)]
-    fn alloc_region(&self) -> Result<(Arc<dyn Region>, Option<Arc<dyn Region>>)> {
-        let l = self.shared.layout;
-        let len = l.slot_size as usize * l.slots_per_region as usize;
-        let r = self.provider.alloc(len)?;
-        if r.desc().len < len {
-            return Err(Error::Alloc {
-                provider: self.provider.name().to_owned(),
-                len,
-                what: format!("the provider returned only {} bytes", r.desc().len),
-                hint: "a provider bug: regions must be at least the size asked for".into(),
-                source: None,
-            });
-        }
-        let h = match &self.header_provider {
+    /// Registers a region (and its header region) as region `idx`.
+    fn install_region(&mut self, idx: usize, pair: RegionPair) -> Result<()> {
+        let entry = self.register(pair.payload, self.geo.region_len())?;
+        let hentry = match pair.header {
             None => None,
-            Some(hp) => {
-                let hlen = l.header_bytes as usize * l.slots_per_region as usize;
-                let h = hp.alloc(hlen)?;
-                if !h.desc().cpu_readable || h.desc().addr.is_none() || h.desc().len < hlen {
-                    return Err(Error::InvalidConfig(format!(
-                        "header provider `{}` must hand out CPU-readable memory of at least \
-                         {hlen} bytes",
-                        hp.name()
-                    )));
-                }
-                Some(h)
+            Some(h) => {
+                Some(self.register_address(h, self.geo.header_region_len(), None, Vec::new())?)
             }
-        };
-        Ok((r, h))
-    }
-
-    /// Registers a region (and its header region) and adds its slots to the free list.
-    fn install_region(&mut self, (r, h): (Arc<dyn Region>, Option<Arc<dyn Region>>)) -> Result<()> {
-        let l = self.shared.layout;
-        let idx = self.regions as usize;
-        let entry = self.register(r, l.slot_size as usize * l.slots_per_region as usize)?;
-        let hentry = match h {
-            None => None,
-            Some(h) => Some(self.register_address(
-                h,
-                l.header_bytes as usize * l.slots_per_region as usize,
-                None,
-                Vec::new(),
-            )?),
         };
         if self.shared.regions[idx].set(entry).is_err() {
             unreachable!("region {idx} installed twice");
@@ -724,13 +546,6 @@ impl Pool {
                 unreachable!("header region {idx} installed twice");
             }
         }
-        let first = self.carved;
-        self.carved += l.slots_per_region;
-        // Push in reverse so the free list hands slots out in ascending order.
-        self.free.extend((first..self.carved).rev());
-        self.regions += 1;
-        self.stats.regions = self.regions;
-        self.metrics.regions.set(self.regions as f64);
         Ok(())
     }
 
@@ -835,94 +650,236 @@ impl Pool {
             }
         }
     }
+}
 
-    /// Posts receives from the free list until `depth` are posted, if fewer than the low
-    /// watermark are (or always with `force`). Grows by one region when the free list is empty.
-    fn refill(&mut self, force: bool) -> Result<()> {
-        if self.flushed || (!force && self.posted >= self.low_watermark) {
-            return Ok(());
+/// Allocates (and checks) one payload region and its header region; registers nothing yet.
+fn alloc_region(
+    provider: &dyn Provider,
+    header_provider: Option<&dyn Provider>,
+    geo: &Geometry,
+) -> Result<RegionPair> {
+    let len = geo.region_len();
+    let payload = provider.alloc(len)?;
+    if payload.desc().len < len {
+        return Err(Error::Alloc {
+            provider: provider.name().to_owned(),
+            len,
+            what: format!("the provider returned only {} bytes", payload.desc().len),
+            hint: "a provider bug: regions must be at least the size asked for".into(),
+            source: None,
+        });
+    }
+    let header = match header_provider {
+        None => None,
+        Some(hp) => {
+            let hlen = geo.header_region_len();
+            let h = hp.alloc(hlen)?;
+            if !h.desc().cpu_readable || h.desc().addr.is_none() || h.desc().len < hlen {
+                return Err(config_error(ConfigError::HeaderMemory {
+                    provider: hp.name().to_owned(),
+                    bytes: hlen,
+                }));
+            }
+            Some(h)
         }
-        if self.free.is_empty()
-            && self.regions < self.max_regions
-            && self.grow_error.is_none()
-            && self.posted < self.low_watermark
-        {
-            if let Err(e) = self.alloc_region().and_then(|r| self.install_region(r)) {
-                tracing::error!(pool = %self.shared.name, error = %e, "pool cannot grow");
-                self.grow_error = Some(e.to_string());
-                self.stats.grow_error = self.grow_error.clone();
-                return Err(e);
-            }
+    };
+    Ok(RegionPair { payload, header })
+}
+
+fn config_error(e: ConfigError) -> Error {
+    Error::InvalidConfig(e.to_string())
+}
+
+impl PoolConfig {
+    fn shape(&self) -> Shape {
+        Shape {
+            slot_size: self.slot_size,
+            slots_per_region: self.slots_per_region,
+            initial_regions: self.initial_regions,
+            max_regions: self.max_regions,
+            depth: self.depth,
+            low_watermark: self.low_watermark,
+            post_batch: self.post_batch,
+            poll_batch: self.poll_batch,
+            header_bytes: self.header_split.as_ref().map(|h| h.bytes),
+            access: self.access,
         }
-        let l = self.shared.layout;
-        while self.posted < self.depth && !self.free.is_empty() {
-            self.batch.clear();
-            let want = (self.depth - self.posted).min(self.post_batch);
-            while (self.batch.len() as u32) < want {
-                let Some(slot) = self.free.pop() else { break };
-                let spr = l.slots_per_region;
-                let region = (slot / spr) as usize;
-                let idx = (slot % spr) as usize;
-                let r = self.shared.regions[region]
-                    .get()
-                    .expect("carved slot has a region");
-                let payload =
-                    r.mr.sge(idx * l.slot_size as usize, l.slot_size as usize)
-                        .expect("slot inside its MR");
-                if let Err(e) = self.shared.recycler.slots().mark_posted(slot) {
-                    tracing::error!(pool = %self.shared.name, error = %e, "slot not free; skipped");
-                    continue;
-                }
-                let pushed = match self.shared.headers[region].get() {
-                    None => self.batch.push(u64::from(slot), &[payload]),
-                    Some(h) => {
-                        let hb = l.header_bytes as usize;
-                        let hs = h.mr.sge(idx * hb, hb).expect("header inside its MR");
-                        self.batch.push(u64::from(slot), &[hs, payload])
-                    }
-                };
-                pushed.expect("the batch holds post_batch work requests");
-            }
-            let n = self.batch.len();
-            if n == 0 {
-                break;
-            }
-            // SAFETY: every SGE lies in an MR of this pool whose memory lives as long as the
-            // shared state (which outlives the SRQ's use of it: see `Shared`); each slot was
-            // just moved Free -> Posted, so no lease or other post refers to it until its
-            // completion is polled.
-            let r = unsafe { self.shared.queue.post(&mut self.batch) };
-            let posted = match r {
-                Ok(()) => n,
-                Err(e) => e.posted,
-            };
-            self.posted += posted as u32;
-            self.stats.post_calls += 1;
-            self.stats.posted_wrs += posted as u64;
-            self.stats.max_post_batch = self.stats.max_post_batch.max(posted as u32);
-            self.metrics.refill_batch.record(posted as f64);
-            if let Err(e) = r {
-                // The refused tail goes back to the free list.
-                for i in e.posted..n {
-                    let slot = self.batch.wr_id(i) as u32;
-                    if self.shared.recycler.slots().unpost(slot).is_ok() {
-                        self.free.push(slot);
-                    }
-                }
-                return Err(e.into());
-            }
-        }
-        Ok(())
+    }
+}
+
+impl Pool {
+    /// Builds a pool feeding `srq`, whose completions arrive on `cq` (the receive CQ of every QP
+    /// on the SRQ; it must carry nothing else). Checks the provider and the configuration before
+    /// anything is allocated, allocates and registers `initial_regions`, and posts `depth`
+    /// receives.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a configuration the SRQ or device cannot take (the reason is
+    /// a [`ConfigError`]);
+    /// [`Error::ProviderUnusable`] when the provider's check fails;
+    /// [`Error::UnreadableMemory`] for device memory without `allow_unreadable`;
+    /// [`Error::Alloc`] / [`Error::Registration`] / [`Error::MemoryLock`] when memory cannot be
+    /// allocated or registered; [`Error::Post`] when the SRQ refuses the receives.
+    pub fn new(
+        srq: &Arc<Srq>,
+        cq: &Arc<Cq>,
+        provider: Arc<dyn Provider>,
+        cfg: PoolConfig,
+    ) -> Result<Pool> {
+        Pool::build(RecvQueue::Srq(Arc::clone(srq)), cq, provider, cfg)
     }
 
-    fn drain_returns(&mut self) -> usize {
-        let free = &mut self.free;
-        let n = self.consumer.drain(usize::MAX, |slot| free.push(slot));
+    /// Builds a pool feeding the receive queue of one QP (created without an SRQ, e.g. through
+    /// `gdrx_verbs::Connection::shared_qp`); `cq` is that QP's receive CQ. When the QP goes to the
+    /// error state its posted receives complete with `WrFlush`: the pool hands those over as
+    /// [`RecvEvent::Failed`] and stops posting.
+    ///
+    /// # Errors
+    /// As [`Pool::new`]; [`ConfigError::QpOnSrq`] when the QP takes its receives from an SRQ.
+    pub fn for_qp(
+        qp: &Arc<QueuePair>,
+        cq: &Arc<Cq>,
+        provider: Arc<dyn Provider>,
+        cfg: PoolConfig,
+    ) -> Result<Pool> {
+        if qp.srq().is_some() {
+            return Err(config_error(ConfigError::QpOnSrq));
+        }
+        Pool::build(RecvQueue::Qp(Arc::clone(qp)), cq, provider, cfg)
+    }
+
+    fn build(
+        queue: RecvQueue,
+        cq: &Arc<Cq>,
+        provider: Arc<dyn Provider>,
+        cfg: PoolConfig,
+    ) -> Result<Pool> {
+        let device = Arc::clone(queue.pd().device());
+        let limits = QueueLimits {
+            max_wr: queue.max_wr(),
+            max_sge: queue.max_sge(),
+            what: queue.what(),
+        };
+        let geo = Geometry::new(&cfg.shape(), limits).map_err(config_error)?;
+
+        // Capability before anything is allocated or posted.
+        let check = provider.check(&device);
+        if !check.is_usable() {
+            return Err(Error::ProviderUnusable {
+                provider: provider.name().to_owned(),
+                device: device.name().to_owned(),
+                blockers: check.blockers,
+            });
+        }
+        let header_provider = cfg.header_split.as_ref().map(|h| Arc::clone(&h.provider));
+        if let Some(hp) = &header_provider {
+            let hc = hp.check(&device);
+            if !hc.is_usable() {
+                return Err(Error::ProviderUnusable {
+                    provider: hp.name().to_owned(),
+                    device: device.name().to_owned(),
+                    blockers: hc.blockers,
+                });
+            }
+        }
+        let dmabuf = queue.pd().probe_dmabuf();
+        if cfg.registration == RegistrationPolicy::RequireDmabuf && !dmabuf.is_supported() {
+            return Err(Error::Registration {
+                provider: provider.name().to_owned(),
+                device: device.name().to_owned(),
+                attempts: vec![format!("dma-buf required, but the device's is {dmabuf}")],
+            });
+        }
+
+        // Readability is only known once a region exists: check the first before posting.
+        let first = alloc_region(&*provider, header_provider.as_deref(), &geo)?;
+        let readable = first.payload.desc().cpu_readable;
+        if !readable && !cfg.allow_unreadable {
+            return Err(Error::UnreadableMemory {
+                provider: provider.name().to_owned(),
+                kind: provider.kind(),
+            });
+        }
+
+        let (pm, rm) = metrics::register(&cfg.name, provider.name());
+        let layout = Layout {
+            slot_size: geo.slot_size,
+            slots_per_region: geo.slots_per_region,
+            header_bytes: geo.header_bytes,
+        };
+        let shared = Arc::new(Shared::new(
+            cfg.name.clone(),
+            provider.name().to_owned(),
+            provider.kind(),
+            readable,
+            layout,
+            geo.max_slots,
+            geo.max_regions,
+            queue,
+            rm,
+        ));
+        let consumer = shared
+            .recycler
+            .consumer()
+            .expect("a fresh recycler has no consumer yet");
+        let exec = Exec {
+            shared: Arc::clone(&shared),
+            provider,
+            header_provider,
+            dmabuf,
+            access: cfg.access,
+            policy: cfg.registration,
+            geo,
+            batch: RecvBatch::with_capacity(
+                geo.post_batch as usize,
+                (geo.post_batch * geo.sges()) as usize,
+            ),
+            pending: Some(first),
+            metrics: pm,
+        };
+        let mut pool = Pool {
+            shared,
+            consumer,
+            cq: Arc::clone(cq),
+            check,
+            state: PoolState::new(geo),
+            exec,
+            wcs: WorkCompletion::buffer(geo.poll_batch as usize),
+            grow_error: None,
+            closed: false,
+        };
+        for _ in 0..geo.initial_regions {
+            pool.state.grow(&mut pool.exec)?;
+        }
+        pool.refill(true)?;
+        tracing::info!("{}", pool.report());
+        Ok(pool)
+    }
+
+    fn device(&self) -> &Arc<Device> {
+        self.exec.device()
+    }
+
+    /// Executes the state machine's refill; a failed growth is logged and kept for the stats.
+    fn refill(&mut self, force: bool) -> Result<()> {
+        match self
+            .state
+            .refill(self.shared.recycler.slots(), &mut self.exec, force)
+        {
+            Ok(_) => Ok(()),
+            Err(RefillError::Grow(e)) => {
+                tracing::error!(pool = %self.shared.name, error = %e, "pool cannot grow");
+                self.grow_error = Some(e.to_string());
+                Err(e)
+            }
+            Err(RefillError::Post(e)) => Err(e),
+        }
+    }
+
+    fn drain_returns(&mut self) -> u32 {
+        let n = self.state.drain(&mut self.consumer);
         if n > 0 {
-            self.lent -= n as u32;
-            self.stats.recycles += n as u64;
-            self.metrics.recycles.increment(n as u64);
-            self.exhausted = false;
+            self.exec.metrics.recycles.increment(u64::from(n));
         }
         n
     }
@@ -937,7 +894,7 @@ impl Pool {
     pub fn poll(&mut self, f: &mut impl FnMut(RecvEvent)) -> Result<usize> {
         self.drain_returns();
         self.refill(false)?;
-        let n = self.cq.poll(&mut self.wcs[..self.poll_batch])?;
+        let n = self.cq.poll(&mut self.wcs)?;
         for i in 0..n {
             let wc = self.wcs[i];
             self.complete(&wc, f);
@@ -947,67 +904,57 @@ impl Pool {
             self.drain_returns();
             self.refill(false)?;
         }
-        if self.posted == 0 && self.free.is_empty() && !self.exhausted && !self.flushed {
-            let can_grow = self.regions < self.max_regions && self.grow_error.is_none();
-            if !can_grow {
-                self.exhausted = true;
-                self.stats.empty_events += 1;
-                self.metrics.empty_events.increment(1);
-                f(RecvEvent::Exhausted { lent: self.lent });
-            }
+        if let Some(lent) = self.state.check_exhausted() {
+            self.exec.metrics.empty_events.increment(1);
+            f(RecvEvent::Exhausted { lent });
         }
-        self.metrics.free.set(self.free.len() as f64);
-        self.metrics.posted.set(self.posted as f64);
-        self.metrics.lent.set(self.lent as f64);
+        let m = &self.exec.metrics;
+        m.free.set(f64::from(self.state.free()));
+        m.posted.set(f64::from(self.state.posted()));
+        m.lent.set(f64::from(self.state.lent()));
         Ok(n)
     }
 
     fn complete(&mut self, wc: &WorkCompletion, f: &mut impl FnMut(RecvEvent)) {
-        let slot = wc.wr_id();
-        if slot >= u64::from(self.carved) {
-            tracing::error!(pool = %self.shared.name, wr_id = slot, "completion for a work request this pool did not post (is the CQ shared?)");
-            return;
-        }
-        let slot = slot as u32;
-        self.posted -= 1;
-        let slots = self.shared.recycler.slots();
-        if let Err(e) = wc.result() {
-            if e.status == gdrx_verbs::WcStatus::WrFlush {
-                // Only a QP's own receive queue flushes (SRQ receives are not flushed): the QP
-                // is in the error state, so posting more would only flush them again.
-                self.flushed = true;
-            }
-            self.stats.completion_errors += 1;
-            self.metrics.completion_errors.increment(1);
-            if slots.unpost(slot).is_ok() {
-                self.free.push(slot);
-            }
-            f(RecvEvent::Failed(e));
-            return;
-        }
-        self.shared.clear_raw(slot);
-        let gen = match slots.lend(slot) {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::error!(pool = %self.shared.name, error = %e, "completion for a slot that was not posted");
-                return;
-            }
+        let result = wc.result();
+        let outcome = match &result {
+            Ok(()) => Outcome::Received { len: wc.byte_len() },
+            Err(e) => Outcome::Failed {
+                flush: e.status == gdrx_verbs::WcStatus::WrFlush,
+            },
         };
-        self.lent += 1;
-        let len = wc.byte_len();
-        self.stats.completions += 1;
-        self.stats.bytes += u64::from(len);
-        self.metrics.completions.increment(1);
-        self.metrics.bytes.increment(u64::from(len));
-        f(RecvEvent::Message(Lease::new(
-            Arc::clone(&self.shared),
-            slot,
-            gen,
-            len,
-            wc.imm(),
-            wc.qp_num(),
-            wc.src_qp(),
-        )));
+        let slots = self.shared.recycler.slots();
+        match (
+            self.state
+                .complete(slots, &mut self.exec, wc.wr_id(), outcome),
+            result,
+        ) {
+            (Verdict::Lend { slot, gen }, _) => {
+                let len = wc.byte_len();
+                self.exec.metrics.completions.increment(1);
+                self.exec.metrics.bytes.increment(u64::from(len));
+                f(RecvEvent::Message(Lease::new(
+                    Arc::clone(&self.shared),
+                    slot,
+                    gen,
+                    len,
+                    wc.imm(),
+                    wc.qp_num(),
+                    wc.src_qp(),
+                )));
+            }
+            (Verdict::Failed, Err(e)) => {
+                self.exec.metrics.completion_errors.increment(1);
+                f(RecvEvent::Failed(e));
+            }
+            (Verdict::Failed, Ok(())) => unreachable!("a successful completion never fails"),
+            (Verdict::Foreign, _) => {
+                tracing::error!(pool = %self.shared.name, wr_id = wc.wr_id(), "completion for a work request this pool did not post (is the CQ shared?)");
+            }
+            (Verdict::NotPosted, _) => {
+                tracing::error!(pool = %self.shared.name, wr_id = wc.wr_id(), "completion for a slot that was not posted");
+            }
+        }
     }
 
     /// Like [`Pool::poll`], but waits up to `timeout` (forever for `None`) for at least one
@@ -1036,7 +983,7 @@ impl Pool {
                 },
                 None => None,
             };
-            if self.posted == 0 {
+            if self.state.posted() == 0 {
                 // Nothing can complete until leases come back: wait for returns.
                 let nap = left.map_or(backoff, |l| l.min(backoff));
                 std::thread::sleep(nap);
@@ -1051,7 +998,7 @@ impl Pool {
                     return Ok(n);
                 }
                 // Wake up now and then to repost returned slots while leases are out.
-                let cap = if self.lent > 0 {
+                let cap = if self.state.lent() > 0 {
                     Duration::from_millis(1)
                 } else {
                     Duration::from_millis(100)
@@ -1075,43 +1022,51 @@ impl Pool {
 
     /// Receives posted right now (poller view).
     pub fn posted(&self) -> u32 {
-        self.posted
+        self.state.posted()
     }
 
     /// Slots lent right now (poller view: includes returned slots not drained yet).
     pub fn lent(&self) -> u32 {
-        self.lent
+        self.state.lent()
     }
 
     /// Free slots (not posted, not lent).
     pub fn free(&self) -> u32 {
-        self.free.len() as u32
+        self.state.free()
     }
 
     /// Slots carved so far.
     pub fn carved(&self) -> u32 {
-        self.carved
+        self.state.carved()
     }
 
     /// Counters, with a scan of the slot table (not for the data path).
     pub fn stats(&self) -> PoolStats {
-        let mut s = self.stats.clone();
-        s.carved = self.carved;
-        s.slots = self.slot_counts();
-        s.rejected = self.shared.recycler.slots().rejected();
-        s.held_by_lease = self.shared.held_by_lease();
-        s
-    }
-
-    fn slot_counts(&self) -> SlotCounts {
-        let mut c = self.shared.recycler.slots().counts();
-        // Slots past the carved ones exist in the table but belong to no region yet.
-        c.free -= self.shared.recycler.slots().len() - self.carved;
-        c
+        let c = self.state.counters();
+        let slots = self.shared.recycler.slots();
+        PoolStats {
+            completions: c.completions,
+            completion_errors: c.completion_errors,
+            bytes: c.bytes,
+            recycles: c.recycles,
+            post_calls: c.post_calls,
+            posted_wrs: c.posted_wrs,
+            max_post_batch: c.max_post_batch,
+            empty_events: c.empty_events,
+            foreign_completions: c.foreign,
+            unposted_completions: c.not_posted,
+            regions: self.state.regions(),
+            carved: self.state.carved(),
+            slots: self.state.slot_counts(slots),
+            rejected: slots.rejected(),
+            held_by_lease: self.shared.held_by_lease(),
+            grow_error: self.grow_error.clone(),
+        }
     }
 
     /// Which provider, memory and registration paths are in effect.
     pub fn report(&self) -> PoolReport {
+        let g = self.state.geometry();
         let rep = |e: &RegionEntry| {
             let d = e.region.desc();
             RegionReport {
@@ -1143,13 +1098,13 @@ impl Pool {
         PoolReport {
             name: self.shared.name.clone(),
             device: self.device().name().to_owned(),
-            provider: self.provider.name().to_owned(),
-            kind: self.provider.kind(),
+            provider: self.exec.provider.name().to_owned(),
+            kind: self.exec.provider.kind(),
             check: self.check.clone(),
-            dmabuf: self.dmabuf.clone(),
+            dmabuf: self.exec.dmabuf.clone(),
             slot_size: self.shared.layout.slot_size,
-            slots: (self.carved, self.shared.recycler.slots().len()),
-            depth: (self.depth, self.low_watermark),
+            slots: (self.state.carved(), self.shared.recycler.slots().len()),
+            depth: (g.depth, g.low_watermark),
             regions,
             headers,
         }
@@ -1157,11 +1112,12 @@ impl Pool {
 
     fn teardown(&mut self) -> TeardownReport {
         self.closed = true;
-        self.drain_returns();
-        let c = self.slot_counts();
+        let c = self
+            .state
+            .teardown(self.shared.recycler.slots(), &mut self.consumer);
         TeardownReport {
             name: self.shared.name.clone(),
-            carved: self.carved,
+            carved: self.state.carved(),
             lent: c.lent,
             returned: c.returned,
             posted: c.posted,
