@@ -62,11 +62,12 @@ pub use gdrx_pool::provider;
 pub use gdrx_verbs::{cm, cq, device, error, event, mem, mr, pd, qp, srq, wr};
 pub use gdrx_wire as wire;
 
-pub use gdrx_pool::{DmabufView, MemoryKind, Provider, ProviderCheck, Region, RegionDesc};
 pub use gdrx_pool::{
-    HeaderSplit, Lease, Pool, PoolConfig, PoolReport, PoolStats, RawLease, RecvEvent, RecvQueue,
-    RegistrationPath, RegistrationPolicy, Returner, TeardownReport,
+    AllocError, Attempt, ConfigError, HeaderSplit, Lease, Pool, PoolConfig, PoolError, PoolReport,
+    PoolStats, RawLease, RecvEvent, RecvQueue, RegistrationPath, RegistrationPolicy, Returner,
+    TeardownReport,
 };
+pub use gdrx_pool::{DmabufView, MemoryKind, Provider, ProviderCheck, Region, RegionDesc};
 pub use gdrx_verbs::{
     connect, device_names, page_size, Access, AsyncEvent, BatchFull, Capabilities, ConnEvent,
     ConnectRequest, Connection, ConnectionSpec, Cq, Device, DeviceKind, DmabufSupport, Error,

@@ -66,10 +66,19 @@ pub enum GpuError {
     /// A configuration the GPU pool cannot take.
     #[error("invalid GPU pool configuration: {0}")]
     InvalidConfig(String),
-    /// The verbs layer or the host pool failed.
+    /// The verbs layer failed.
     #[error(transparent)]
     Core(#[from] gdrx_core::Error),
+    /// The receive pool's error (configuration, provider, registration, or the verbs under it).
+    #[error(transparent)]
+    Pool(#[from] gdrx_core::PoolError),
 }
 
 /// `Result` with [`GpuError`].
 pub type Result<T, E = GpuError> = std::result::Result<T, E>;
+
+impl From<gdrx_core::AllocError> for GpuError {
+    fn from(e: gdrx_core::AllocError) -> GpuError {
+        GpuError::Pool(e.into())
+    }
+}

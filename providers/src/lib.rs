@@ -11,7 +11,7 @@
 //! use gdrx_core::{Provider, Region};
 //! use gdrx_providers::{HugePageProvider, HugePageRegion, PageSize};
 //!
-//! # fn main() -> gdrx_core::Result<()> {
+//! # fn main() -> Result<(), gdrx_core::AllocError> {
 //! // Huge pages, 1 GiB if reserved, else 2 MiB, never smaller.
 //! let provider = HugePageProvider::new().smallest(PageSize::Huge2M);
 //! // Check before allocating (Provider::check does the same given a device).
@@ -38,7 +38,7 @@
 //! Every provider has a device-independent `check_here()` that [`gdrx_core::Provider::check`]
 //! calls: what blocks the provider on this machine (no `/dev/udmabuf`; huge pages required but
 //! none configured) and facts worth logging (free huge pages per size, THP mode, udmabuf size
-//! limit, `RLIMIT_MEMLOCK`). Allocation failures are [`gdrx_core::Error::Alloc`] saying what
+//! limit, `RLIMIT_MEMLOCK`). Allocation failures are [`gdrx_core::AllocError`] saying what
 //! failed, why, and what to do.
 //!
 //! The udmabuf provider makes the dma-buf registration path testable without a GPU. On

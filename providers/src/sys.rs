@@ -2,7 +2,7 @@
 //! readers, and the NUMA node of a mapping.
 //!
 //! Nothing here is public: the providers turn these results into [`gdrx_core::RegionDesc`]s and
-//! [`gdrx_core::Error::Alloc`]s that say what happened in words.
+//! [`gdrx_core::AllocError`]s that say what happened in words.
 
 use std::fmt;
 use std::io;

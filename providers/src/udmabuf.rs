@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use gdrx_core::{
-    Device, DmabufView, Error, MemlockLimit, MemoryKind, Provider, ProviderCheck, Region,
-    RegionDesc, Result,
+    AllocError, Device, DmabufView, MemlockLimit, MemoryKind, Provider, ProviderCheck, Region,
+    RegionDesc,
 };
 
 use crate::host::checked_len;
@@ -158,11 +158,11 @@ impl UdmabufProvider {
     /// [`UdmabufRegion`] ([`Provider::alloc`] returns the same thing behind `Arc<dyn Region>`).
     ///
     /// # Errors
-    /// [`Error::Alloc`] naming the step that failed: a length of 0 or over the udmabuf size limit
+    /// [`AllocError`] naming the step that failed: a length of 0 or over the udmabuf size limit
     /// (the error names the limit and how to raise it), a missing or unopenable `/dev/udmabuf`
     /// (hint: `CONFIG_UDMABUF`, `modprobe udmabuf`), `memfd_create`, `ftruncate`, sealing,
     /// `UDMABUF_CREATE`, or the `mmap` of the memfd.
-    pub fn alloc_region(&self, len: usize) -> Result<UdmabufRegion> {
+    pub fn alloc_region(&self, len: usize) -> Result<UdmabufRegion, AllocError> {
         let page = gdrx_core::page_size();
         let rlen = checked_len(NAME, len, page)?;
         if let Some(limit) = self.size_limit() {
@@ -170,14 +170,14 @@ impl UdmabufProvider {
                 return Err(over_limit(len, rlen, limit, &self.size_limit));
             }
         }
-        let dev = self.open_device().map_err(|e| Error::Alloc {
+        let dev = self.open_device().map_err(|e| AllocError {
             provider: NAME.to_owned(),
             len,
             what: format!("open {}", self.device.display()),
             hint: self.device_problem(&e),
             source: Some(e),
         })?;
-        let fail = |what: String, hint: &str, e: io::Error| Error::Alloc {
+        let fail = |what: String, hint: &str, e: io::Error| AllocError {
             provider: NAME.to_owned(),
             len,
             what: format!("{what}: {}", sys::describe(&e)),
@@ -295,9 +295,9 @@ impl UdmabufProvider {
     }
 }
 
-fn over_limit(len: usize, rlen: usize, limit: usize, path: &Path) -> Error {
+fn over_limit(len: usize, rlen: usize, limit: usize, path: &Path) -> AllocError {
     let mb = rlen.div_ceil(1 << 20);
-    Error::Alloc {
+    AllocError {
         provider: NAME.to_owned(),
         len,
         what: format!(
@@ -361,7 +361,7 @@ unsafe impl Provider for UdmabufProvider {
         self.check_here()
     }
 
-    fn alloc(&self, len: usize) -> Result<Arc<dyn Region>> {
+    fn alloc(&self, len: usize) -> Result<Arc<dyn Region>, AllocError> {
         Ok(Arc::new(self.alloc_region(len)?))
     }
 }
@@ -473,12 +473,9 @@ mod tests {
         let p = UdmabufProvider::new().device_path("/nonexistent/udmabuf");
         let e = p.alloc(1 << 20).unwrap_err();
         let msg = e.to_string();
-        let Error::Alloc {
+        let AllocError {
             what, hint, source, ..
-        } = &e
-        else {
-            panic!("expected Error::Alloc, got {msg}");
-        };
+        } = &e;
         assert_eq!(what, "open /nonexistent/udmabuf");
         assert!(
             hint.contains("CONFIG_UDMABUF") && hint.contains("modprobe udmabuf"),
@@ -508,7 +505,7 @@ mod tests {
             msg.contains("ENOTTY") && msg.contains("not a udmabuf device"),
             "{msg}"
         );
-        assert!(matches!(e, Error::Alloc { .. }));
+        assert!(e.source.is_some(), "{msg}");
     }
 
     #[test]
@@ -522,7 +519,7 @@ mod tests {
         let e = p.alloc((64 << 20) + 1).unwrap_err();
         let msg = e.to_string();
         let _ = std::fs::remove_dir_all(&dir);
-        assert!(matches!(e, Error::Alloc { source: None, .. }), "{msg}");
+        assert!(e.source.is_none(), "{msg}");
         assert!(
             msg.contains("65540 KiB is over the udmabuf size limit of 64 MiB"),
             "{msg}"

@@ -33,6 +33,7 @@
 //! return is simply discarded. Receives still posted are discarded with the SRQ (see
 //! `gdrx_verbs::srq`); the SRQ is destroyed before the MRs its receives point into.
 
+mod error;
 mod lease;
 pub mod metrics;
 pub mod provider;
@@ -51,11 +52,12 @@ use state::{
     Geometry, Outcome, Placement, PoolState, QueueLimits, RecvTarget, RefillError, Shape, Verdict,
 };
 
+pub use error::{AllocError, Attempt, PoolError, Result};
 pub use state::ConfigError;
 
 use gdrx_verbs::{
-    Access, Cq, Device, DmabufSupport, Error, Pd, PostError, QueuePair, RecvBatch, Result, Srq,
-    WcError, WorkCompletion,
+    Access, Cq, Device, DmabufSupport, Error, Pd, PostError, QueuePair, RecvBatch, Srq, WcError,
+    WorkCompletion,
 };
 
 pub use provider::{DmabufView, MemoryKind, Provider, ProviderCheck, Region, RegionDesc};
@@ -474,7 +476,7 @@ struct Exec {
 }
 
 impl RecvTarget for Exec {
-    type Error = Error;
+    type Error = PoolError;
 
     fn stage(&mut self, at: Placement) {
         let r = self.shared.regions[at.region as usize]
@@ -496,7 +498,7 @@ impl RecvTarget for Exec {
         pushed.expect("the batch holds post_batch work requests");
     }
 
-    fn post(&mut self) -> std::result::Result<(), (usize, Error)> {
+    fn post(&mut self) -> std::result::Result<(), (usize, PoolError)> {
         let n = self.batch.len();
         // SAFETY: every SGE lies in an MR of this pool whose memory lives as long as the
         // shared state (which outlives the queue's use of it: see `Shared`); the state machine
@@ -506,7 +508,7 @@ impl RecvTarget for Exec {
         self.batch.clear();
         let accepted = r.as_ref().map_or_else(|e| e.posted, |()| n);
         self.metrics.refill_batch.record(accepted as f64);
-        r.map_err(|e| (e.posted, e.into()))
+        r.map_err(|e| (e.posted, PoolError::from(e)))
     }
 
     fn grow(&mut self, index: u32) -> Result<()> {
@@ -555,11 +557,10 @@ impl Exec {
             match r.dmabuf() {
                 // Plain memory: the address is its only path, not a fallback.
                 None if self.policy == RegistrationPolicy::PreferDmabuf => {}
-                None => attempts.push("the region has no dma-buf".to_owned()),
-                Some(_) if !self.dmabuf.is_supported() => attempts.push(format!(
-                    "the device's dma-buf MR support is {}",
-                    self.dmabuf
-                )),
+                None => attempts.push(Attempt::NoDmabuf),
+                Some(_) if !self.dmabuf.is_supported() => {
+                    attempts.push(Attempt::DeviceLacksDmabuf(self.dmabuf.clone()));
+                }
                 Some(v) => {
                     // SAFETY: the region keeps the dma-buf alive and the entry keeps the region
                     // until after the MR is gone; no Rust reference into the memory exists while
@@ -584,19 +585,22 @@ impl Exec {
                                 path: RegistrationPath::Dmabuf,
                             });
                         }
-                        Err(e) => attempts.push(format!("ibv_reg_dmabuf_mr failed: {e}")),
+                        Err(e) => attempts.push(Attempt::DmabufFailed(e)),
                     }
                 }
             }
             if self.policy == RegistrationPolicy::RequireDmabuf {
-                return Err(Error::Registration {
+                return Err(PoolError::Registration {
                     provider: self.provider.name().to_owned(),
                     device: self.device().name().to_owned(),
                     attempts,
                 });
             }
         }
-        let why = (!attempts.is_empty()).then(|| attempts.join("; "));
+        let why = (!attempts.is_empty()).then(|| {
+            let v: Vec<String> = attempts.iter().map(ToString::to_string).collect();
+            v.join("; ")
+        });
         self.register_address(r, len, why, attempts)
     }
 
@@ -605,11 +609,11 @@ impl Exec {
         r: Arc<dyn Region>,
         len: usize,
         why: Option<String>,
-        mut attempts: Vec<String>,
+        mut attempts: Vec<Attempt>,
     ) -> Result<RegionEntry> {
         let Some(addr) = r.desc().addr else {
-            attempts.push("the region has no address ibv_reg_mr can register".into());
-            return Err(Error::Registration {
+            attempts.push(Attempt::NoAddress);
+            return Err(PoolError::Registration {
                 provider: self.provider.name().to_owned(),
                 device: self.device().name().to_owned(),
                 attempts,
@@ -638,11 +642,11 @@ impl Exec {
                     },
                 })
             }
-            Err(e @ Error::MemoryLock { .. }) => Err(e),
-            Err(e) if attempts.is_empty() => Err(e),
+            Err(e @ Error::MemoryLock { .. }) => Err(e.into()),
+            Err(e) if attempts.is_empty() => Err(e.into()),
             Err(e) => {
-                attempts.push(format!("ibv_reg_mr failed: {e}"));
-                Err(Error::Registration {
+                attempts.push(Attempt::AddressFailed(e));
+                Err(PoolError::Registration {
                     provider: self.provider.name().to_owned(),
                     device: self.device().name().to_owned(),
                     attempts,
@@ -661,13 +665,14 @@ fn alloc_region(
     let len = geo.region_len();
     let payload = provider.alloc(len)?;
     if payload.desc().len < len {
-        return Err(Error::Alloc {
+        return Err(AllocError {
             provider: provider.name().to_owned(),
             len,
             what: format!("the provider returned only {} bytes", payload.desc().len),
             hint: "a provider bug: regions must be at least the size asked for".into(),
             source: None,
-        });
+        }
+        .into());
     }
     let header = match header_provider {
         None => None,
@@ -675,19 +680,16 @@ fn alloc_region(
             let hlen = geo.header_region_len();
             let h = hp.alloc(hlen)?;
             if !h.desc().cpu_readable || h.desc().addr.is_none() || h.desc().len < hlen {
-                return Err(config_error(ConfigError::HeaderMemory {
+                return Err(ConfigError::HeaderMemory {
                     provider: hp.name().to_owned(),
                     bytes: hlen,
-                }));
+                }
+                .into());
             }
             Some(h)
         }
     };
     Ok(RegionPair { payload, header })
-}
-
-fn config_error(e: ConfigError) -> Error {
-    Error::InvalidConfig(e.to_string())
 }
 
 impl PoolConfig {
@@ -714,12 +716,13 @@ impl Pool {
     /// receives.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for a configuration the SRQ or device cannot take (the reason is
-    /// a [`ConfigError`]);
-    /// [`Error::ProviderUnusable`] when the provider's check fails;
-    /// [`Error::UnreadableMemory`] for device memory without `allow_unreadable`;
-    /// [`Error::Alloc`] / [`Error::Registration`] / [`Error::MemoryLock`] when memory cannot be
-    /// allocated or registered; [`Error::Post`] when the SRQ refuses the receives.
+    /// [`PoolError::Config`] for a configuration the SRQ or device cannot take;
+    /// [`PoolError::ProviderUnusable`] when the provider's check fails;
+    /// [`PoolError::DmabufRequired`] when dma-buf registration is required but missing;
+    /// [`PoolError::UnreadableMemory`] for device memory without `allow_unreadable`;
+    /// [`PoolError::Alloc`] / [`PoolError::Registration`] when memory cannot be allocated or
+    /// registered; [`PoolError::Verbs`] for the verbs' own failures ([`Error::MemoryLock`] when
+    /// pinning hits `RLIMIT_MEMLOCK`, [`Error::Post`] when the SRQ refuses the receives).
     pub fn new(
         srq: &Arc<Srq>,
         cq: &Arc<Cq>,
@@ -743,7 +746,7 @@ impl Pool {
         cfg: PoolConfig,
     ) -> Result<Pool> {
         if qp.srq().is_some() {
-            return Err(config_error(ConfigError::QpOnSrq));
+            return Err(ConfigError::QpOnSrq.into());
         }
         Pool::build(RecvQueue::Qp(Arc::clone(qp)), cq, provider, cfg)
     }
@@ -760,12 +763,12 @@ impl Pool {
             max_sge: queue.max_sge(),
             what: queue.what(),
         };
-        let geo = Geometry::new(&cfg.shape(), limits).map_err(config_error)?;
+        let geo = Geometry::new(&cfg.shape(), limits)?;
 
         // Capability before anything is allocated or posted.
         let check = provider.check(&device);
         if !check.is_usable() {
-            return Err(Error::ProviderUnusable {
+            return Err(PoolError::ProviderUnusable {
                 provider: provider.name().to_owned(),
                 device: device.name().to_owned(),
                 blockers: check.blockers,
@@ -775,7 +778,7 @@ impl Pool {
         if let Some(hp) = &header_provider {
             let hc = hp.check(&device);
             if !hc.is_usable() {
-                return Err(Error::ProviderUnusable {
+                return Err(PoolError::ProviderUnusable {
                     provider: hp.name().to_owned(),
                     device: device.name().to_owned(),
                     blockers: hc.blockers,
@@ -784,10 +787,10 @@ impl Pool {
         }
         let dmabuf = queue.pd().probe_dmabuf();
         if cfg.registration == RegistrationPolicy::RequireDmabuf && !dmabuf.is_supported() {
-            return Err(Error::Registration {
+            return Err(PoolError::DmabufRequired {
                 provider: provider.name().to_owned(),
                 device: device.name().to_owned(),
-                attempts: vec![format!("dma-buf required, but the device's is {dmabuf}")],
+                support: dmabuf,
             });
         }
 
@@ -795,7 +798,7 @@ impl Pool {
         let first = alloc_region(&*provider, header_provider.as_deref(), &geo)?;
         let readable = first.payload.desc().cpu_readable;
         if !readable && !cfg.allow_unreadable {
-            return Err(Error::UnreadableMemory {
+            return Err(PoolError::UnreadableMemory {
                 provider: provider.name().to_owned(),
                 kind: provider.kind(),
             });

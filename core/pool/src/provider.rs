@@ -27,7 +27,9 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 pub use gdrx_verbs::mem::MemoryKind;
-use gdrx_verbs::{Device, Result};
+use gdrx_verbs::Device;
+
+use crate::AllocError;
 
 /// A dma-buf view of a region: `ibv_reg_dmabuf_mr(pd, offset, len, iova, fd, access)`.
 #[derive(Debug, Clone, Copy)]
@@ -164,6 +166,6 @@ pub unsafe trait Provider: Send + Sync + fmt::Debug {
     /// Allocates a region of at least `len` bytes.
     ///
     /// # Errors
-    /// [`gdrx_verbs::Error::Alloc`] saying what could not be allocated, why, and what to do.
-    fn alloc(&self, len: usize) -> Result<Arc<dyn Region>>;
+    /// An [`AllocError`] saying what could not be allocated, why, and what to do.
+    fn alloc(&self, len: usize) -> Result<Arc<dyn Region>, AllocError>;
 }

@@ -181,57 +181,6 @@ pub enum Error {
         reason: gdrx_wire::WireError,
     },
 
-    /// A memory provider could not allocate a region.
-    #[error("provider `{provider}` could not allocate {len} bytes: {what}{}; {hint}", source_suffix(.source))]
-    Alloc {
-        /// The provider's name.
-        provider: String,
-        /// Bytes asked for.
-        len: usize,
-        /// What failed, e.g. `mmap(MAP_HUGETLB, 1 GiB pages)`.
-        what: String,
-        /// What to do about it.
-        hint: String,
-        /// The OS error, when there was one.
-        #[source]
-        source: Option<io::Error>,
-    },
-
-    /// A memory provider cannot be used on this device; nothing was allocated or posted.
-    #[error("memory provider `{provider}` cannot be used on `{device}`: {}", .blockers.join("; "))]
-    ProviderUnusable {
-        /// The provider's name.
-        provider: String,
-        /// Device name.
-        device: String,
-        /// Why not (from `Provider::check` in gdrx-pool).
-        blockers: Vec<String>,
-    },
-
-    /// The pool was given memory the CPU cannot read without opting in to it.
-    #[error(
-        "memory provider `{provider}` hands out memory the CPU cannot read ({kind}); set \
-         PoolConfig::allow_unreadable if the consumer never reads payload bytes from the CPU, \
-         and use header split for the bytes it does read"
-    )]
-    UnreadableMemory {
-        /// The provider's name.
-        provider: String,
-        /// Its memory kind.
-        kind: crate::mem::MemoryKind,
-    },
-
-    /// No registration path worked for a region (every attempt is listed).
-    #[error("could not register `{provider}` memory on `{device}`: {}", .attempts.join("; then "))]
-    Registration {
-        /// The provider's name.
-        provider: String,
-        /// Device name.
-        device: String,
-        /// Each path tried and why it failed, in order.
-        attempts: Vec<String>,
-    },
-
     /// An OS call outside libibverbs failed (mmap, poll, fcntl...).
     #[error("{op} failed: {source}")]
     Os {
@@ -424,13 +373,6 @@ pub struct PostError {
     pub posted: usize,
     /// The errno.
     pub errno: i32,
-}
-
-fn source_suffix(source: &Option<io::Error>) -> String {
-    source
-        .as_ref()
-        .map(|e| format!(" ({e})"))
-        .unwrap_or_default()
 }
 
 fn post_hint(errno: i32) -> &'static str {

@@ -205,7 +205,7 @@ impl GpuPool {
         pd: &Arc<Pd>,
         gpu: &Arc<Gpu>,
         cfg: GpuPoolConfig,
-        make: impl Fn(Arc<dyn Provider>, PoolConfig) -> gdrx_core::Result<Pool>,
+        make: impl Fn(Arc<dyn Provider>, PoolConfig) -> gdrx_core::pool::Result<Pool>,
     ) -> Result<GpuPool> {
         let dev = pd.device();
         let export = gpu.probe_export().map_err(|e| e.to_string());
@@ -294,7 +294,7 @@ impl GpuPool {
         path: GpuPath,
         gpu: &Arc<Gpu>,
         cfg: &GpuPoolConfig,
-        make: &impl Fn(Arc<dyn Provider>, PoolConfig) -> gdrx_core::Result<Pool>,
+        make: &impl Fn(Arc<dyn Provider>, PoolConfig) -> gdrx_core::pool::Result<Pool>,
     ) -> Result<Mode> {
         let mut pc = cfg.pool.clone();
         match path {
@@ -416,7 +416,7 @@ impl GpuPool {
     /// handed out. Never blocks.
     ///
     /// # Errors
-    /// The receive pool's errors ([`GpuError::Core`]), a failed flush or event query.
+    /// The receive pool's errors ([`GpuError::Pool`]), a failed flush or event query.
     pub fn poll(&mut self, f: &mut impl FnMut(GpuEvent)) -> Result<usize> {
         self.gate.poll(&mut self.scratch);
         match &mut self.mode {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use cudarc::driver::sys;
 use gdrx_core::{
-    Device, DeviceKind, DmabufView, MemoryKind, Provider, ProviderCheck, Region, RegionDesc,
+    AllocError, Device, DeviceKind, DmabufView, MemoryKind, PoolError, Provider, ProviderCheck,
+    Region, RegionDesc,
 };
 
 use super::{check, DeviceMemory, DmabufExport, Gpu};
@@ -178,10 +179,10 @@ unsafe impl Provider for GpuProvider {
         c
     }
 
-    fn alloc(&self, len: usize) -> gdrx_core::Result<Arc<dyn Region>> {
+    fn alloc(&self, len: usize) -> Result<Arc<dyn Region>, AllocError> {
         match self.alloc_region(len) {
             Ok(r) => Ok(Arc::new(r)),
-            Err(e) => Err(gdrx_core::Error::Alloc {
+            Err(e) => Err(AllocError {
                 provider: self.gpu.name().to_owned(),
                 len,
                 what: e.to_string(),
@@ -267,7 +268,7 @@ impl PinnedHostProvider {
     /// Allocates from the inner provider and pins the region.
     ///
     /// # Errors
-    /// [`GpuError::Core`] for the inner allocation, [`GpuError::InvalidConfig`] when the inner
+    /// [`GpuError::Pool`] ([`PoolError::Alloc`]) for the inner allocation, [`GpuError::InvalidConfig`] when the inner
     /// memory is not CPU-addressable, [`GpuError::Driver`] when pinning fails.
     pub fn alloc_region(&self, len: usize) -> Result<PinnedRegion> {
         let inner = self.inner.alloc(len)?;
@@ -319,11 +320,11 @@ unsafe impl Provider for PinnedHostProvider {
         c
     }
 
-    fn alloc(&self, len: usize) -> gdrx_core::Result<Arc<dyn Region>> {
+    fn alloc(&self, len: usize) -> Result<Arc<dyn Region>, AllocError> {
         match self.alloc_region(len) {
             Ok(r) => Ok(Arc::new(r)),
-            Err(GpuError::Core(e)) => Err(e),
-            Err(e) => Err(gdrx_core::Error::Alloc {
+            Err(GpuError::Pool(PoolError::Alloc(e))) => Err(e),
+            Err(e) => Err(AllocError {
                 provider: self.name.clone(),
                 len,
                 what: e.to_string(),

@@ -10,7 +10,7 @@
 //!
 //! [`HugePageProvider::largest`] and [`HugePageProvider::smallest`] bound the steps tried;
 //! [`HugePageProvider::require`] allows exactly one size, so that not getting it is an error
-//! ([`gdrx_core::Error::Alloc`] naming every step and how to reserve pages) instead of a silent
+//! ([`gdrx_core::AllocError`] naming every step and how to reserve pages) instead of a silent
 //! fallback.
 //!
 //! The length is rounded up to the page size of the step being tried (3 MiB becomes 1 GiB on the
@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use gdrx_core::{
-    Device, Error, MemlockLimit, MemoryKind, Provider, ProviderCheck, Region, RegionDesc, Result,
+    AllocError, Device, MemlockLimit, MemoryKind, Provider, ProviderCheck, Region, RegionDesc,
 };
 
 use crate::host::checked_len;
@@ -253,13 +253,18 @@ impl HugePageProvider {
     /// ([`Provider::alloc`] returns the same thing behind `Arc<dyn Region>`).
     ///
     /// # Errors
-    /// - [`Error::InvalidConfig`] when `largest` is smaller than `smallest`;
-    /// - [`Error::Alloc`] when `len` is 0, or when no allowed page size could be obtained: its
+    /// [`AllocError`] when `largest` is smaller than `smallest`, when `len` is 0, or when no allowed page size could be obtained: its
     ///   `what` lists every step with its reason, its `hint` says how to reserve pages or allow
     ///   fallback, its `source` is the last errno.
-    pub fn alloc_region(&self, len: usize) -> Result<HugePageRegion> {
+    pub fn alloc_region(&self, len: usize) -> Result<HugePageRegion, AllocError> {
         if let Some(e) = self.config_error() {
-            return Err(Error::InvalidConfig(e));
+            return Err(AllocError {
+                provider: NAME.to_owned(),
+                len,
+                what: e,
+                hint: "set the largest page size to at least the smallest".to_owned(),
+                source: None,
+            });
         }
         checked_len(NAME, len, gdrx_core::page_size())?;
         let mut steps = Vec::new();
@@ -529,7 +534,7 @@ impl HugePageProvider {
     }
 
     /// The error when every allowed step failed.
-    fn exhausted(&self, len: usize, steps: &[Step], source: Option<io::Error>) -> Error {
+    fn exhausted(&self, len: usize, steps: &[Step], source: Option<io::Error>) -> AllocError {
         let mut hints = Vec::new();
         let unrounded = |s: &Step| s.reason.contains("rounding up is off");
         if steps.iter().any(unrounded) {
@@ -569,7 +574,7 @@ impl HugePageProvider {
         if hints.is_empty() {
             hints.push("free some memory or allocate less".to_owned());
         }
-        Error::Alloc {
+        AllocError {
             provider: NAME.to_owned(),
             len,
             what: format!(
@@ -644,7 +649,7 @@ unsafe impl Provider for HugePageProvider {
         self.check_here()
     }
 
-    fn alloc(&self, len: usize) -> Result<Arc<dyn Region>> {
+    fn alloc(&self, len: usize) -> Result<Arc<dyn Region>, AllocError> {
         Ok(Arc::new(self.alloc_region(len)?))
     }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use gdrx_core::pool::RegistrationPath;
 use gdrx_core::{
-    Cq, Error, HeaderSplit, MemoryKind, PoolConfig, Provider, ProviderCheck, Region, RegionDesc,
-    RegistrationPolicy, Srq, SrqConfig,
+    ConfigError, Cq, HeaderSplit, MemoryKind, PoolConfig, PoolError, Provider, ProviderCheck,
+    Region, RegionDesc, RegistrationPolicy, Srq, SrqConfig,
 };
 use gdrx_providers::{HostProvider, HugePageProvider, PageSize, UdmabufProvider};
 use gdrx_tests::peer::OpKind;
@@ -392,7 +392,7 @@ unsafe impl Provider for PretendDevice {
     fn kind(&self) -> MemoryKind {
         MemoryKind::Gpu
     }
-    fn alloc(&self, len: usize) -> gdrx_core::Result<Arc<dyn Region>> {
+    fn alloc(&self, len: usize) -> Result<Arc<dyn Region>, gdrx_core::AllocError> {
         let r = self.0.alloc(len)?;
         let mut d = r.desc().clone();
         d.cpu_readable = false;
@@ -419,7 +419,7 @@ unsafe impl Provider for Blocked {
             notes: vec![],
         }
     }
-    fn alloc(&self, _: usize) -> gdrx_core::Result<Arc<dyn Region>> {
+    fn alloc(&self, _: usize) -> Result<Arc<dyn Region>, gdrx_core::AllocError> {
         panic!("alloc called although the check failed")
     }
 }
@@ -459,7 +459,7 @@ fn pool_refuses_what_it_cannot_use_before_posting_anything() {
             ),
             cfg("need1g")
         ),
-        Error::Alloc { .. } | Error::ProviderUnusable { .. },
+        PoolError::Alloc(_) | PoolError::ProviderUnusable { .. },
         "1 GiB"
     );
     println!("1 GiB pages required: {e}");
@@ -472,7 +472,7 @@ fn pool_refuses_what_it_cannot_use_before_posting_anything() {
                 ..cfg("needdmabuf")
             }
         ),
-        Error::Registration { .. },
+        PoolError::DmabufRequired { .. },
         "dma-buf",
         "rxe"
     );
@@ -483,14 +483,14 @@ fn pool_refuses_what_it_cannot_use_before_posting_anything() {
             Arc::new(PretendDevice(HostProvider::new())),
             cfg("unreadable")
         ),
-        Error::UnreadableMemory { .. },
+        PoolError::UnreadableMemory { .. },
         "allow_unreadable"
     );
     println!("unreadable: {e}");
     // A provider whose check fails is never asked to allocate.
     expect_err!(
         p(Arc::new(Blocked), cfg("blocked")),
-        Error::ProviderUnusable { .. },
+        PoolError::ProviderUnusable { .. },
         "no such memory here"
     );
     // Header split on an SRQ with one SGE; a depth beyond the SRQ.
@@ -505,7 +505,7 @@ fn pool_refuses_what_it_cannot_use_before_posting_anything() {
                 ..cfg("split1sge")
             }
         ),
-        Error::InvalidConfig(_),
+        PoolError::Config(ConfigError::HeaderSplitSges { max_sge: 1, .. }),
         "max_sge"
     );
     expect_err!(
@@ -516,7 +516,7 @@ fn pool_refuses_what_it_cannot_use_before_posting_anything() {
                 ..cfg("deep")
             }
         ),
-        Error::InvalidConfig(_),
+        PoolError::Config(ConfigError::Depth { depth: 4096, .. }),
         "depth"
     );
     assert_eq!(
