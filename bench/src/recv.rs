@@ -178,14 +178,7 @@ impl Run {
             Cq::new(&rx.dev, cqe)?
         };
         let scq = Cq::new(&rx.dev, 16)?;
-        let srq = Srq::new(
-            &rx.pd,
-            SrqConfig {
-                max_wr: o.srq_depth(),
-                max_sge: 1,
-                limit: 0,
-            },
-        )?;
+        let srq = Srq::new(&rx.pd, SrqConfig::new(o.srq_depth(), 1))?;
         // WRITE_WITH_IMM puts the payload in the window; the receive itself carries nothing.
         let slot_size = match spec.op {
             Op::Send => spec.size,
@@ -195,15 +188,12 @@ impl Run {
             &srq,
             &cq,
             provider(o.provider),
-            PoolConfig {
-                name: "gdrx-bench".into(),
-                slot_size,
-                slots_per_region: o.pool_slots(),
-                initial_regions: 1,
-                max_regions: 1,
-                depth: o.rx_depth,
-                ..PoolConfig::default()
-            },
+            PoolConfig::named("gdrx-bench")
+                .slot_size(slot_size)
+                .slots_per_region(o.pool_slots())
+                .initial_regions(1)
+                .max_regions(1)
+                .depth(o.rx_depth),
         )?;
         let report = pool.report();
         tracing::info!("{report}");
@@ -243,13 +233,11 @@ impl Run {
         spec: &RunSpec,
         out: &OutOpts,
     ) -> anyhow::Result<RecvRow> {
-        let cspec = ConnectionSpec {
-            qp: QpConfig {
+        let cspec =
+            ConnectionSpec::new(&rx.pd, &self.scq, &self.cq, Some(&self.srq)).qp(QpConfig {
                 max_send_wr: 4,
                 ..QpConfig::default()
-            },
-            ..ConnectionSpec::new(&rx.pd, &self.scq, &self.cq, Some(&self.srq))
-        };
+            });
         let mut conns: Vec<Connection> = Vec::with_capacity(usize::from(spec.qps));
         let mut req = Some(first);
         while conns.len() < usize::from(spec.qps) {
@@ -356,14 +344,16 @@ impl Run {
         let result = loop {
             // One clock read per polled batch: its completions were taken at the same moment.
             t.now = None;
-            let n = if o.events {
-                self.pool
-                    .poll_blocking(&mut |ev| t.on_event(ev), Some(Duration::from_millis(50)))
+            let n = match if o.events {
+                self.pool.poll_blocking(Some(Duration::from_millis(50)))
             } else {
-                self.pool.poll(&mut |ev| t.on_event(ev))
-            };
-            let n = match n {
-                Ok(n) => n,
+                self.pool.poll()
+            } {
+                Ok(batch) => {
+                    let n = batch.len();
+                    batch.for_each(|ev| t.on_event(ev));
+                    n
+                }
                 Err(e) => break Err(anyhow!(e).context("polling the pool")),
             };
             if let Some(e) = t.wc_error {
@@ -426,7 +416,7 @@ impl Run {
             outs.push(c.finish());
         }
         // Leases are back: drain them so the pool's counters are final.
-        let _ = self.pool.poll(&mut |_| {});
+        let _ = self.pool.poll();
         result?;
         let stats = self.pool.stats();
         let rnr = match (rnr0, report::rnr_counter(dev.name())) {

@@ -129,14 +129,11 @@ impl Sender {
         let size = spec.size as usize;
         let scq = Cq::new(&self.dev, o.tx_depth * u32::from(o.qps) + 16)?;
         let rcq = Cq::new(&self.dev, 16)?;
-        let cspec = ConnectionSpec {
-            qp: QpConfig {
-                max_send_wr: o.tx_depth,
-                max_recv_wr: 1,
-                ..QpConfig::default()
-            },
-            ..ConnectionSpec::new(&self.pd, &scq, &rcq, None)
-        };
+        let cspec = ConnectionSpec::new(&self.pd, &scq, &rcq, None).qp(QpConfig {
+            max_send_wr: o.tx_depth,
+            max_recv_wr: 1,
+            ..QpConfig::default()
+        });
         let mut conns = Vec::with_capacity(q);
         let mut windows: Vec<Option<RemoteWindow>> = Vec::with_capacity(q);
         for c in 0..o.qps {

@@ -26,7 +26,7 @@
 //! println!("{}", dev.capabilities()?);
 //! let pd = dev.alloc_pd()?;
 //! let cq = Cq::with_events(&dev, 4096)?;
-//! let srq = Srq::new(&pd, SrqConfig { max_wr: 1024, max_sge: 1, limit: 0 })?;
+//! let srq = Srq::new(&pd, SrqConfig::new(1024, 1))?;
 //! let mem = Arc::new(HostMemory::new(1024 * 4096)?);
 //! let mr = pd.register(mem, Access::recv())?; // LOCAL_WRITE only
 //! let mut batch = RecvBatch::with_capacity(1024, 1024);
@@ -59,13 +59,13 @@
 
 pub use gdrx_pool as pool;
 pub use gdrx_pool::provider;
-pub use gdrx_verbs::{cm, cq, device, error, event, mem, mr, pd, qp, srq, wr};
+pub use gdrx_verbs::{cm, cq, device, error, event, mem, mr, pd, qp, srq, wait, wr};
 pub use gdrx_wire as wire;
 
 pub use gdrx_pool::{
-    AllocError, Attempt, ConfigError, HeaderSplit, Lease, Pool, PoolConfig, PoolError, PoolReport,
-    PoolStats, RawLease, RecvEvent, RecvQueue, RegistrationPath, RegistrationPolicy, Returner,
-    TeardownReport,
+    AllocError, Attempt, Batch, ConfigError, HeaderSplit, Lease, MessageMeta, Pool, PoolConfig,
+    PoolError, PoolReport, PoolStats, RawLease, RecvEvent, RecvQueue, RegistrationPath,
+    RegistrationPolicy, Returner, TeardownReport,
 };
 pub use gdrx_pool::{DmabufView, MemoryKind, Provider, ProviderCheck, Region, RegionDesc};
 pub use gdrx_verbs::{

@@ -32,17 +32,17 @@
 //! let dev = Device::open("mlx5_0")?;
 //! let pd = dev.alloc_pd()?;
 //! let cq = Cq::with_events(&dev, 4096)?;
-//! let srq = Srq::new(&pd, SrqConfig { max_wr: 1024, max_sge: 1, limit: 0 })?;
+//! let srq = Srq::new(&pd, SrqConfig::new(1024, 1))?;
 //! let cfg = GpuPoolConfig { policy: GpuPolicy::AllowStaging, ..GpuPoolConfig::new(PoolConfig::default()) };
 //! let mut pool = GpuPool::new(&srq, &cq, &gpu, cfg)?;
 //! println!("{}", pool.report()); // the path in effect, and why the better ones were not taken
 //! let stream = gpu.context().new_stream().map_err(gdrx_gpu::driver_error("cuStreamCreate"))?;
-//! pool.poll(&mut |ev| {
+//! for ev in pool.poll_blocking(None)? {
 //!     if let GpuEvent::Message(mut lease) = ev {
 //!         // ... launch kernels reading lease.device_ptr() .. + lease.len() on `stream` ...
-//!         lease.release_after(&stream).unwrap(); // reposted once those kernels are done
+//!         lease.release_after(&stream)?; // reposted once those kernels are done
 //!     }
-//! })?;
+//! }
 //! # Ok(()) }
 //! # #[cfg(not(feature = "cuda"))]
 //! # fn main() {}
@@ -85,8 +85,8 @@ pub use plan::{plan, GpuInfo, GpuPath, GpuPolicy, PathFacts, PathPlan, Visibilit
 #[cfg(feature = "cuda")]
 pub use cuda::{
     driver_error, DeviceMemory, DmabufExport, Gpu, GpuEvent, GpuLease, GpuPool, GpuPoolConfig,
-    GpuPoolReport, GpuProvider, GpuRegion, PinnedHostProvider, PinnedRegion, StageError, StageMeta,
-    Stager, StagerStats, StagingSource, METRICS as GPU_POOL_METRICS,
+    GpuPoolReport, GpuProvider, GpuRegion, MessageMeta, PinnedHostProvider, PinnedRegion,
+    StageError, Stager, StagerStats, StagingSource, METRICS as GPU_POOL_METRICS,
 };
 
 /// True when this build includes the CUDA provider.

@@ -297,14 +297,7 @@ pub fn run_pool(
     let srq = if t.qp_mode {
         None
     } else {
-        Some(Srq::new(
-            &pd,
-            SrqConfig {
-                max_wr: depth,
-                max_sge: sges,
-                limit: 0,
-            },
-        )?)
+        Some(Srq::new(&pd, SrqConfig::new(depth, sges))?)
     };
     let mut pool = match &srq {
         Some(srq) => Some(Pool::new(
@@ -505,7 +498,9 @@ pub fn run_pool(
             RecvEvent::Failed(e) => wc_errors.push(e),
             RecvEvent::Exhausted { .. } => exhausted = true,
         };
-        let n = pool.poll_blocking(&mut handler, Some(Duration::from_millis(200)))?;
+        let batch = pool.poll_blocking(Some(Duration::from_millis(200)))?;
+        let n = batch.len();
+        batch.for_each(&mut handler);
         if n == 0 {
             if let Some(st) = child.try_wait()? {
                 if !st.success() {
@@ -528,12 +523,23 @@ pub fn run_pool(
                 );
                 let until = Instant::now() + hold;
                 while Instant::now() < until {
-                    st.arrived_while_held += pool.poll(&mut |ev| {
-                        if let RecvEvent::Message(l) = ev {
-                            // Cannot happen: nothing is posted. Keep it out of the tally.
-                            tracing::error!(slot = l.slot(), "message while every slot was held");
+                    for ev in pool.poll()? {
+                        match ev {
+                            RecvEvent::Message(l) => {
+                                // Cannot happen: nothing is posted. Keep it out of the tally.
+                                tracing::error!(
+                                    slot = l.slot(),
+                                    "message while every slot was held"
+                                );
+                                st.arrived_while_held += 1;
+                            }
+                            RecvEvent::Failed(e) => {
+                                wc_errors.push(e);
+                                st.arrived_while_held += 1;
+                            }
+                            RecvEvent::Exhausted { .. } => {}
                         }
-                    })? as u64;
+                    }
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 st.rnr_sent = hw_counter(&env.dev, "send_rnr_err")? - s0;
@@ -566,11 +572,11 @@ pub fn run_pool(
     // Every lease except the kept ones is back: drain the ring so the counts settle.
     let settle = Instant::now() + Duration::from_secs(10);
     while pool.lent() > kept.len() as u32 && Instant::now() < settle {
-        pool.poll(&mut |ev| {
+        for ev in pool.poll()? {
             if let RecvEvent::Failed(e) = ev {
                 wc_errors.push(e);
             }
-        })?;
+        }
     }
     out.stats = pool.stats();
 

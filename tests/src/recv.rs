@@ -258,14 +258,7 @@ pub fn run_two_process(
     } else {
         Cq::new(&dev, cqe)?
     };
-    let srq = Srq::new(
-        &pd,
-        SrqConfig {
-            max_wr: cfg.slots,
-            max_sge: cfg.sges,
-            limit: 0,
-        },
-    )?;
+    let srq = Srq::new(&pd, SrqConfig::new(cfg.slots, cfg.sges))?;
     let bufs = Buffers::new(&pd, cfg.slots, cfg.slot_size, cfg.sges)?;
     // RDMA WRITE window: one sub-window of messages * slot_size per connection.
     let per_conn_window = u64::from(cfg.messages) * u64::from(cfg.slot_size);

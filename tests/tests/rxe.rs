@@ -417,15 +417,7 @@ fn teardown_with_work_requests_posted_is_clean() {
         let dev = env.open();
         let pd = dev.alloc_pd().unwrap();
         let rcq = Cq::with_events(&dev, 256).unwrap();
-        let srq = Srq::new(
-            &pd,
-            SrqConfig {
-                max_wr: 64,
-                max_sge: 1,
-                limit: 0,
-            },
-        )
-        .unwrap();
+        let srq = Srq::new(&pd, SrqConfig::new(64, 1)).unwrap();
         let rmem = Arc::new(HostMemory::new(64 * 4096).unwrap());
         let rmr = pd.register(Arc::clone(&rmem), Access::recv()).unwrap();
         let mut batch = RecvBatch::with_capacity(64, 64);
@@ -554,7 +546,7 @@ fn teardown_with_work_requests_posted_is_clean() {
         // SAFETY: as above.
         unsafe { srq.post_recv(&mut batch) }.unwrap();
         assert!(
-            srq.query().unwrap().0 >= 64,
+            srq.query().unwrap().max_wr >= 64,
             "SRQ depth at least as created"
         );
         drop(sconn);
@@ -611,11 +603,7 @@ fn connection_errors_are_typed() {
     ));
     // An SRQ larger than the device allows names the limit.
     let caps = dev.capabilities().unwrap();
-    let too_deep = SrqConfig {
-        max_wr: caps.max_srq_wr + 1,
-        max_sge: 1,
-        limit: 0,
-    };
+    let too_deep = SrqConfig::new(caps.max_srq_wr + 1, 1);
     expect_err!(
         Srq::new(&pd, too_deep),
         Error::InvalidConfig(_),

@@ -87,18 +87,19 @@ impl Shared {
         kind: MemoryKind,
         readable: bool,
         layout: Layout,
-        max_slots: u32,
+        recycler: Arc<Recycler>,
         max_regions: u32,
         queue: RecvQueue,
         ret_metrics: ReturnMetrics,
     ) -> Shared {
+        let max_slots = recycler.slots().len();
         Shared {
             name,
             provider,
             kind,
             readable,
             layout,
-            recycler: Recycler::new(max_slots),
+            recycler,
             raw: (0..max_slots).map(|_| AtomicBool::new(false)).collect(),
             held_by_lease: AtomicU64::new(0),
             ret_metrics,
@@ -148,16 +149,27 @@ impl Shared {
     }
 }
 
+/// What a receive completion says about a message besides its bytes. [`Lease`] and gdrx-gpu's
+/// `GpuLease` carry the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MessageMeta {
+    /// Bytes received (header and payload together).
+    pub len: u32,
+    /// The immediate data, for SEND_WITH_IMM and RDMA WRITE_WITH_IMM.
+    pub imm: Option<u32>,
+    /// The local QP the message arrived on.
+    pub qp_num: u32,
+    /// The sender's QP number (meaningful for UD; RC reports the connected peer's).
+    pub src_qp: u32,
+}
+
 /// A received buffer, lent to the consumer. `Send`: it may be handed to another thread.
 /// Dropping it returns the slot to the pool (lock-free, no allocation).
 pub struct Lease {
     shared: Arc<Shared>,
     slot: u32,
     gen: u32,
-    len: u32,
-    imm: Option<u32>,
-    qp_num: u32,
-    src_qp: u32,
+    meta: MessageMeta,
 }
 
 impl fmt::Debug for Lease {
@@ -166,9 +178,9 @@ impl fmt::Debug for Lease {
             .field("pool", &self.shared.name)
             .field("slot", &self.slot)
             .field("gen", &self.gen)
-            .field("len", &self.len)
-            .field("imm", &self.imm)
-            .field("qp_num", &format_args!("{:#x}", self.qp_num))
+            .field("len", &self.meta.len)
+            .field("imm", &self.meta.imm)
+            .field("qp_num", &format_args!("{:#x}", self.meta.qp_num))
             .finish()
     }
 }
@@ -187,24 +199,18 @@ pub struct Unreadable {
 }
 
 impl Lease {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        slot: u32,
-        gen: u32,
-        len: u32,
-        imm: Option<u32>,
-        qp_num: u32,
-        src_qp: u32,
-    ) -> Lease {
+    pub(crate) fn new(shared: Arc<Shared>, slot: u32, gen: u32, meta: MessageMeta) -> Lease {
         Lease {
             shared,
             slot,
             gen,
-            len,
-            imm,
-            qp_num,
-            src_qp,
+            meta,
         }
+    }
+
+    /// What the completion said: length, immediate data, QP numbers.
+    pub fn meta(&self) -> MessageMeta {
+        self.meta
     }
 
     /// The slot index.
@@ -219,27 +225,27 @@ impl Lease {
 
     /// Bytes received (header and payload together).
     pub fn len(&self) -> usize {
-        self.len as usize
+        self.meta.len as usize
     }
 
     /// True for a zero-byte message.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.meta.len == 0
     }
 
     /// The immediate data, for SEND_WITH_IMM and RDMA WRITE_WITH_IMM.
     pub fn imm(&self) -> Option<u32> {
-        self.imm
+        self.meta.imm
     }
 
     /// The local QP the message arrived on.
     pub fn qp_num(&self) -> u32 {
-        self.qp_num
+        self.meta.qp_num
     }
 
     /// The sender's QP number (meaningful for UD; RC reports the connected peer's).
     pub fn src_qp(&self) -> u32 {
-        self.src_qp
+        self.meta.src_qp
     }
 
     /// The bytes that landed in the header buffer (header split), else an empty slice. Header
@@ -249,7 +255,7 @@ impl Lease {
         if hb == 0 {
             return &[];
         }
-        let n = self.len.min(hb) as usize;
+        let n = self.meta.len.min(hb) as usize;
         let Some((r, off)) = self.shared.locate(&self.shared.headers, self.slot, hb) else {
             return &[];
         };
@@ -262,7 +268,9 @@ impl Lease {
 
     /// Bytes received into the payload slot.
     pub fn payload_len(&self) -> usize {
-        self.len.saturating_sub(self.shared.layout.header_bytes) as usize
+        self.meta
+            .len
+            .saturating_sub(self.shared.layout.header_bytes) as usize
     }
 
     /// The payload bytes (all bytes, without header split).
@@ -317,7 +325,7 @@ impl Lease {
         let raw = RawLease {
             slot: self.slot,
             gen: self.gen,
-            len: self.len,
+            len: self.meta.len,
         };
         // Release: a raw return that observes the flag also observes that the Lease is gone.
         self.shared.raw[self.slot as usize].store(true, Ordering::Release);

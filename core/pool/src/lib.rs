@@ -33,6 +33,7 @@
 //! return is simply discarded. Receives still posted are discarded with the SRQ (see
 //! `gdrx_verbs::srq`); the SRQ is destroyed before the MRs its receives point into.
 
+mod batch;
 mod error;
 mod lease;
 pub mod metrics;
@@ -41,12 +42,13 @@ pub mod state;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+pub use batch::Batch;
 pub use gdrx_ring::{RejectCounts, ReturnError, SlotCounts, SlotState};
-pub use lease::{Lease, RawLease, RawReturnError, Returner, Unreadable};
+pub use lease::{Lease, MessageMeta, RawLease, RawReturnError, Returner, Unreadable};
 
-use gdrx_ring::RecycleConsumer;
+use gdrx_ring::{RecycleConsumer, Recycler};
 use lease::{Layout, RegionEntry, Shared};
 use state::{
     Geometry, Outcome, Placement, PoolState, QueueLimits, RecvTarget, RefillError, Shape, Verdict,
@@ -56,8 +58,8 @@ pub use error::{AllocError, Attempt, PoolError, Result};
 pub use state::ConfigError;
 
 use gdrx_verbs::{
-    Access, Cq, Device, DmabufSupport, Error, Pd, PostError, QueuePair, RecvBatch, Srq, WcError,
-    WorkCompletion,
+    wait_for, Access, Cq, Device, DmabufSupport, Error, Pd, PostError, QueuePair, RecvBatch, Srq,
+    Waiter, WcError, WorkCompletion,
 };
 
 pub use provider::{DmabufView, MemoryKind, Provider, ProviderCheck, Region, RegionDesc};
@@ -180,8 +182,11 @@ pub struct HeaderSplit {
     pub provider: Arc<dyn Provider>,
 }
 
-/// Pool configuration.
+/// Pool configuration: [`PoolConfig::default`] and the setters, e.g.
+/// `PoolConfig::default().slot_size(16384).slots_per_region(256).max_regions(4)`. Every value
+/// is checked when the pool is built ([`ConfigError`]).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct PoolConfig {
     /// Name, used in reports and as the `pool` metric label.
     pub name: String,
@@ -435,6 +440,10 @@ pub struct Pool {
     state: PoolState,
     exec: Exec,
     wcs: Vec<WorkCompletion>,
+    /// What the current poll hands out.
+    events: Vec<RecvEvent>,
+    /// An error that came after messages were polled, returned by the next poll.
+    deferred: Option<PoolError>,
     grow_error: Option<String>,
     closed: bool,
 }
@@ -692,7 +701,61 @@ fn alloc_region(
     Ok(RegionPair { payload, header })
 }
 
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty;)*) => {
+        $(
+            $(#[$doc])*
+            #[must_use]
+            pub fn $name(mut self, $name: $ty) -> Self {
+                self.$name = $name;
+                self
+            }
+        )*
+    };
+}
+
 impl PoolConfig {
+    /// The defaults under the name `name` (reports and the `pool` metric label).
+    pub fn named(name: impl Into<String>) -> PoolConfig {
+        PoolConfig {
+            name: name.into(),
+            ..PoolConfig::default()
+        }
+    }
+
+    setters! {
+        /// Bytes per payload slot.
+        slot_size: u32;
+        /// Slots per region (one allocation and one MR).
+        slots_per_region: u32;
+        /// Regions allocated when the pool is built.
+        initial_regions: u32;
+        /// Regions the pool may grow to.
+        max_regions: u32;
+        /// Receives kept posted (0: every slot, up to the queue's depth).
+        depth: u32;
+        /// Refill below this many posted (0: `depth * 3 / 4`).
+        low_watermark: u32;
+        /// Most work requests per post call.
+        post_batch: u32;
+        /// Most completions per CQ poll.
+        poll_batch: u32;
+        /// Accept memory the CPU cannot read.
+        allow_unreadable: bool;
+        /// MR access flags (must include LOCAL_WRITE).
+        access: Access;
+        /// Registration paths allowed.
+        registration: RegistrationPolicy;
+    }
+
+    /// Header split: the first `bytes` of every receive land in CPU-readable memory from
+    /// `provider`.
+    #[must_use]
+    pub fn header_split(mut self, bytes: u32, provider: Arc<dyn Provider>) -> Self {
+        self.header_split = Some(HeaderSplit { bytes, provider });
+        self
+    }
+
     fn shape(&self) -> Shape {
         Shape {
             slot_size: self.slot_size,
@@ -810,21 +873,18 @@ impl Pool {
             slots_per_region: geo.slots_per_region,
             header_bytes: geo.header_bytes,
         };
+        let (recycler, consumer) = Recycler::new(geo.max_slots);
         let shared = Arc::new(Shared::new(
             cfg.name.clone(),
             provider.name().to_owned(),
             provider.kind(),
             readable,
             layout,
-            geo.max_slots,
+            recycler,
             geo.max_regions,
             queue,
             rm,
         ));
-        let consumer = shared
-            .recycler
-            .consumer()
-            .expect("a fresh recycler has no consumer yet");
         let exec = Exec {
             shared: Arc::clone(&shared),
             provider,
@@ -848,6 +908,8 @@ impl Pool {
             state: PoolState::new(geo),
             exec,
             wcs: WorkCompletion::buffer(geo.poll_batch as usize),
+            events: Vec::with_capacity(geo.poll_batch as usize + 1),
+            deferred: None,
             grow_error: None,
             closed: false,
         };
@@ -887,38 +949,83 @@ impl Pool {
         n
     }
 
-    /// Drains returned slots, refills, and polls up to `poll_batch` completions, handing each
-    /// to `f`; returns how many completions were polled. Never blocks; allocates only when the
-    /// pool grows by a region.
+    /// Drains returned slots, refills, and polls up to `poll_batch` completions; returns them
+    /// as a [`Batch`] of events (empty when nothing arrived). Never blocks; allocates only when
+    /// the pool grows by a region.
+    ///
+    /// An exhausted episode ([`RecvEvent::Exhausted`]) is reported once returns have been
+    /// drained, so leases the consumer dropped after the previous batch never count as held.
     ///
     /// # Errors
     /// A CQ error, a refused post, or a failed region allocation when growing (reported once;
-    /// the pool goes on with the slots it has).
-    pub fn poll(&mut self, f: &mut impl FnMut(RecvEvent)) -> Result<usize> {
+    /// the pool goes on with the slots it has). When the error comes after messages were
+    /// polled, those messages are returned first and the error by the next call.
+    pub fn poll(&mut self) -> Result<Batch<'_, RecvEvent>> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        let r = self.poll_into();
+        self.finish(r)
+    }
+
+    /// Blocking poll (one meaning across gdrx, see [`gdrx_verbs::wait`]): like
+    /// [`Pool::poll`], but waits up to `timeout` (forever for `None`) until the batch holds at
+    /// least one event; an empty batch means the timeout passed. It sleeps on the CQ's
+    /// completion channel in event mode and spins otherwise; while every slot is lent it waits
+    /// for returns instead (checking the ring with a short back-off).
+    ///
+    /// # Errors
+    /// As [`Pool::poll`], [`Cq::arm`] and [`Cq::wait_event`].
+    pub fn poll_blocking(&mut self, timeout: Option<Duration>) -> Result<Batch<'_, RecvEvent>> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        let mut w = PoolWaiter {
+            pool: self,
+            backoff: MIN_RETURN_BACKOFF,
+        };
+        let r = wait_for(&mut w, timeout);
+        self.finish(r)
+    }
+
+    /// The batch of what was polled; an error after events is kept for the next call, so no
+    /// message is dropped on the way.
+    fn finish(&mut self, r: Result<usize>) -> Result<Batch<'_, RecvEvent>> {
+        if let Err(e) = r {
+            if self.events.is_empty() {
+                return Err(e);
+            }
+            self.deferred = Some(e);
+        }
+        Ok(Batch::drain(&mut self.events))
+    }
+
+    /// One non-blocking poll into `self.events`; returns the events added.
+    fn poll_into(&mut self) -> Result<usize> {
+        let before = self.events.len();
         self.drain_returns();
         self.refill(false)?;
+        if let Some(lent) = self.state.check_exhausted() {
+            self.exec.metrics.empty_events.increment(1);
+            self.events.push(RecvEvent::Exhausted { lent });
+        }
         let n = self.cq.poll(&mut self.wcs)?;
         for i in 0..n {
             let wc = self.wcs[i];
-            self.complete(&wc, f);
+            self.complete(&wc);
         }
         if n > 0 {
-            // Leases the handler dropped are back already: only slots still out count as lent.
-            self.drain_returns();
+            // Failed receives freed their slots: keep the queue fed.
             self.refill(false)?;
-        }
-        if let Some(lent) = self.state.check_exhausted() {
-            self.exec.metrics.empty_events.increment(1);
-            f(RecvEvent::Exhausted { lent });
         }
         let m = &self.exec.metrics;
         m.free.set(f64::from(self.state.free()));
         m.posted.set(f64::from(self.state.posted()));
         m.lent.set(f64::from(self.state.lent()));
-        Ok(n)
+        Ok(self.events.len() - before)
     }
 
-    fn complete(&mut self, wc: &WorkCompletion, f: &mut impl FnMut(RecvEvent)) {
+    fn complete(&mut self, wc: &WorkCompletion) {
         let result = wc.result();
         let outcome = match &result {
             Ok(()) => Outcome::Received { len: wc.byte_len() },
@@ -936,19 +1043,22 @@ impl Pool {
                 let len = wc.byte_len();
                 self.exec.metrics.completions.increment(1);
                 self.exec.metrics.bytes.increment(u64::from(len));
-                f(RecvEvent::Message(Lease::new(
+                let meta = MessageMeta {
+                    len,
+                    imm: wc.imm(),
+                    qp_num: wc.qp_num(),
+                    src_qp: wc.src_qp(),
+                };
+                self.events.push(RecvEvent::Message(Lease::new(
                     Arc::clone(&self.shared),
                     slot,
                     gen,
-                    len,
-                    wc.imm(),
-                    wc.qp_num(),
-                    wc.src_qp(),
+                    meta,
                 )));
             }
             (Verdict::Failed, Err(e)) => {
                 self.exec.metrics.completion_errors.increment(1);
-                f(RecvEvent::Failed(e));
+                self.events.push(RecvEvent::Failed(e));
             }
             (Verdict::Failed, Ok(())) => unreachable!("a successful completion never fails"),
             (Verdict::Foreign, _) => {
@@ -956,59 +1066,6 @@ impl Pool {
             }
             (Verdict::NotPosted, _) => {
                 tracing::error!(pool = %self.shared.name, wr_id = wc.wr_id(), "completion for a slot that was not posted");
-            }
-        }
-    }
-
-    /// Like [`Pool::poll`], but waits up to `timeout` (forever for `None`) for at least one
-    /// completion: on the CQ's completion channel in event mode, spinning otherwise. While every
-    /// slot is lent it waits for returns instead (checking the ring with a short back-off).
-    /// Returns 0 when the timeout passes.
-    ///
-    /// # Errors
-    /// As [`Pool::poll`], [`Cq::arm`] and [`Cq::wait_event`].
-    pub fn poll_blocking(
-        &mut self,
-        f: &mut impl FnMut(RecvEvent),
-        timeout: Option<Duration>,
-    ) -> Result<usize> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut backoff = Duration::from_micros(20);
-        loop {
-            let n = self.poll(f)?;
-            if n > 0 {
-                return Ok(n);
-            }
-            let left = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(l) if !l.is_zero() => Some(l),
-                    _ => return Ok(0),
-                },
-                None => None,
-            };
-            if self.state.posted() == 0 {
-                // Nothing can complete until leases come back: wait for returns.
-                let nap = left.map_or(backoff, |l| l.min(backoff));
-                std::thread::sleep(nap);
-                backoff = (backoff * 2).min(Duration::from_millis(1));
-                continue;
-            }
-            backoff = Duration::from_micros(20);
-            if self.cq.is_event_mode() {
-                self.cq.arm()?;
-                let n = self.poll(f)?;
-                if n > 0 {
-                    return Ok(n);
-                }
-                // Wake up now and then to repost returned slots while leases are out.
-                let cap = if self.state.lent() > 0 {
-                    Duration::from_millis(1)
-                } else {
-                    Duration::from_millis(100)
-                };
-                self.cq.wait_event(Some(left.map_or(cap, |l| l.min(cap))))?;
-            } else {
-                std::hint::spin_loop();
             }
         }
     }
@@ -1147,6 +1204,52 @@ impl Drop for Pool {
                 tracing::info!("{r}");
             }
         }
+    }
+}
+
+/// First back-off while waiting for returns with every slot lent.
+const MIN_RETURN_BACKOFF: Duration = Duration::from_micros(20);
+
+/// [`Pool::poll_blocking`]'s way of waiting between polls.
+struct PoolWaiter<'a> {
+    pool: &'a mut Pool,
+    backoff: Duration,
+}
+
+impl Waiter for PoolWaiter<'_> {
+    type Error = PoolError;
+
+    fn attempt(&mut self) -> Result<usize> {
+        self.pool.poll_into()
+    }
+
+    fn wait(&mut self, left: Option<Duration>) -> Result<usize> {
+        let pool = &mut *self.pool;
+        if pool.state.posted() == 0 {
+            // Nothing can complete until leases come back: wait for returns.
+            let nap = left.map_or(self.backoff, |l| l.min(self.backoff));
+            std::thread::sleep(nap);
+            self.backoff = (self.backoff * 2).min(Duration::from_millis(1));
+            return Ok(0);
+        }
+        self.backoff = MIN_RETURN_BACKOFF;
+        if !pool.cq.is_event_mode() {
+            std::hint::spin_loop();
+            return Ok(0);
+        }
+        pool.cq.arm()?;
+        let n = pool.poll_into()?;
+        if n > 0 {
+            return Ok(n);
+        }
+        // Wake up now and then to repost returned slots while leases are out.
+        let cap = if pool.state.lent() > 0 {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(100)
+        };
+        pool.cq.wait_event(Some(left.map_or(cap, |l| l.min(cap))))?;
+        Ok(0)
     }
 }
 

@@ -86,8 +86,7 @@ where
 }
 
 fn gdrx(producers: usize, iters: u64, batch: bool) -> Duration {
-    let ring = RecycleRing::with_capacity(CAPACITY);
-    let mut consumer = ring.consumer().unwrap();
+    let (ring, mut consumer) = RecycleRing::with_capacity(CAPACITY);
     let make = |_, share: u64| {
         let ring = Arc::clone(&ring);
         move || {

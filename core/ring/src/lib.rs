@@ -16,8 +16,8 @@
 //! use gdrx_ring::{Recycler, ReturnError};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let recycler = Recycler::new(64); // the pool's maximum slot count
-//! let mut poller = recycler.consumer().expect("one consumer per recycler");
+//! // The pool's maximum slot count; the poller's one consumer handle comes with it.
+//! let (recycler, mut poller) = Recycler::new(64);
 //!
 //! // Poller: slot 5 goes into a receive work request, then its completion arrives.
 //! recycler.slots().mark_posted(5)?;
@@ -76,8 +76,8 @@
 //! [`RecycleRing`], [`SlotTable`] and [`Recycler`] are `Send + Sync` and meant to be shared
 //! through an `Arc`: pushes and returns come from any thread. Popping needs the single consumer
 //! handle ([`RingConsumer`], [`RecycleConsumer`]): `Send` so it can live on the poller thread,
-//! but not `Sync` or `Clone`, and only one exists per ring at a time (enforced at run time:
-//! `consumer()` returns `None` while one is alive). Nothing locks; nothing allocates after
+//! but not `Sync` or `Clone`, and exactly one exists per ring: it is made with the ring
+//! ([`RecycleRing::with_capacity`], [`Recycler::new`]). Nothing locks; nothing allocates after
 //! construction. The crate has no `unsafe` code.
 //!
 //! # Resource cleanup

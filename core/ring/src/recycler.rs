@@ -36,19 +36,25 @@ pub struct Recycler {
 
 impl Recycler {
     /// Creates the protocol state for `slots` slots (all `Free`), with a ring of at least
-    /// `slots` entries (at least 2).
+    /// `slots` entries (at least 2), and the poller's one consumer handle.
     ///
     /// # Panics
     ///
     /// If the ring cannot be allocated (see [`RecycleRing::with_capacity`]).
-    pub fn new(slots: u32) -> Arc<Recycler> {
+    pub fn new(slots: u32) -> (Arc<Recycler>, RecycleConsumer) {
         // u32 -> usize is lossless on the 32- and 64-bit targets gdrx supports.
         let capacity = (slots as usize).max(1);
-        Arc::new(Recycler {
+        let (ring, ring_consumer) = RecycleRing::with_capacity(capacity);
+        let recycler = Arc::new(Recycler {
             slots: SlotTable::new(slots),
-            ring: RecycleRing::with_capacity(capacity),
+            ring,
             reclaim_failures: AtomicU64::new(0),
-        })
+        });
+        let consumer = RecycleConsumer {
+            recycler: Arc::clone(&recycler),
+            ring: ring_consumer,
+        };
+        (recycler, consumer)
     }
 
     /// The slot table: the poller's transitions (`mark_posted`, `unpost`, `lend`), states,
@@ -81,15 +87,6 @@ impl Recycler {
                 Err(ReturnError::RingFull { slot, gen })
             }
         }
-    }
-
-    /// Takes the poller's consumer handle, or `None` while another exists.
-    pub fn consumer(self: &Arc<Self>) -> Option<RecycleConsumer> {
-        let ring = self.ring.consumer()?;
-        Some(RecycleConsumer {
-            recycler: Arc::clone(self),
-            ring,
-        })
     }
 
     /// Total accepted returns (queued, drained or not; modulo `usize`).
@@ -126,7 +123,7 @@ impl fmt::Debug for Recycler {
 
 /// The poller's handle on a [`Recycler`]: drains returned slots for reposting.
 ///
-/// One per recycler at a time (see [`Recycler::consumer`]); `Send`, not `Sync` or `Clone`.
+/// Exactly one per recycler, made with it ([`Recycler::new`]); `Send`, not `Sync` or `Clone`.
 pub struct RecycleConsumer {
     recycler: Arc<Recycler>,
     ring: RingConsumer,
@@ -202,16 +199,14 @@ mod tests {
 
     #[test]
     fn ring_holds_every_slot() {
-        assert_eq!(Recycler::new(0).ring.capacity(), 2);
-        assert_eq!(Recycler::new(1).ring.capacity(), 2);
-        assert_eq!(Recycler::new(1000).ring.capacity(), 1024);
+        assert_eq!(Recycler::new(0).0.ring.capacity(), 2);
+        assert_eq!(Recycler::new(1).0.ring.capacity(), 2);
+        assert_eq!(Recycler::new(1000).0.ring.capacity(), 1024);
     }
 
     #[test]
     fn returns_are_validated_queued_and_reclaimed_in_order() {
-        let r = Recycler::new(4);
-        let mut c = r.consumer().unwrap();
-        assert!(r.consumer().is_none());
+        let (r, mut c) = Recycler::new(4);
         let gens: Vec<u32> = (0..4).map(|s| lend(&r, s)).collect();
         for slot in [2, 0, 3, 1] {
             r.give_back(slot, gens[slot as usize]).unwrap();
@@ -235,8 +230,7 @@ mod tests {
 
     #[test]
     fn rejected_returns_queue_nothing() {
-        let r = Recycler::new(2);
-        let mut c = r.consumer().unwrap();
+        let (r, mut c) = Recycler::new(2);
         let gen = lend(&r, 0);
         assert!(matches!(
             r.give_back(2, gen),
@@ -260,8 +254,7 @@ mod tests {
 
     #[test]
     fn stale_lease_after_relend() {
-        let r = Recycler::new(1);
-        let mut c = r.consumer().unwrap();
+        let (r, mut c) = Recycler::new(1);
         let old = lend(&r, 0);
         r.give_back(0, old).unwrap();
         assert_eq!(drained(&mut c), [0]);
@@ -280,8 +273,7 @@ mod tests {
 
     #[test]
     fn reclaim_failure_is_counted_not_reposted() {
-        let r = Recycler::new(2);
-        let mut c = r.consumer().unwrap();
+        let (r, mut c) = Recycler::new(2);
         let gen = lend(&r, 1);
         r.give_back(1, gen).unwrap();
         // Outside the protocol: someone reclaims behind the consumer's back.
@@ -292,8 +284,7 @@ mod tests {
 
     #[test]
     fn many_laps_on_a_small_table() {
-        let r = Recycler::new(3);
-        let mut c = r.consumer().unwrap();
+        let (r, mut c) = Recycler::new(3);
         for lap in 1..=1000u32 {
             for slot in 0..3 {
                 assert_eq!(lend(&r, slot), lap);

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 
 /// One entry of the ring.
 struct Entry {
@@ -59,7 +59,8 @@ const fn max_capacity() -> usize {
 /// A bounded lock-free multi-producer single-consumer queue of `u64`.
 ///
 /// [`push`](Self::push) may be called from any number of threads; popping needs the one
-/// [`RingConsumer`] handle returned by [`consumer`](Self::consumer). Neither side locks or
+/// [`RingConsumer`] handle that [`with_capacity`](Self::with_capacity) returns with the ring
+/// (single consumer by construction: the handle is neither `Clone` nor `Sync`). Neither side locks or
 /// allocates; the capacity is fixed at construction (rounded up to a power of two, at least 2).
 ///
 /// Ordering: values from one producer come out in the order that producer pushed them. A
@@ -72,8 +73,7 @@ const fn max_capacity() -> usize {
 /// ```
 /// use gdrx_ring::{Full, RecycleRing};
 ///
-/// let ring = RecycleRing::with_capacity(2);
-/// let mut consumer = ring.consumer().expect("the first consumer handle");
+/// let (ring, mut consumer) = RecycleRing::with_capacity(2);
 /// ring.push(7)?;
 /// ring.push(8)?;
 /// assert_eq!(ring.push(9), Err(Full(9))); // full: the value is handed back
@@ -87,11 +87,9 @@ pub struct RecycleRing {
     /// Next position a producer claims. Written (CAS) by every producer, so it gets its own
     /// cache line.
     tail: CachePadded<AtomicUsize>,
-    /// The consumer's next position, published for `len()` and for the next consumer handle.
+    /// The consumer's next position, published for `len()`.
     /// Written only by the consumer; own cache line so producers' CAS traffic never hits it.
     head: CachePadded<AtomicUsize>,
-    /// Whether a [`RingConsumer`] exists (single consumer, enforced at run time).
-    consumer_taken: AtomicBool,
     /// `capacity - 1`; the capacity is a power of two.
     mask: usize,
     entries: Box<[Entry]>,
@@ -99,12 +97,12 @@ pub struct RecycleRing {
 
 impl RecycleRing {
     /// Creates a ring holding at least `n` values (rounded up to a power of two, minimum 2:
-    /// Vyukov's sequence numbers need two states per lap).
+    /// Vyukov's sequence numbers need two states per lap), and its one consumer handle.
     ///
     /// # Panics
     ///
     /// If `n == 0`, if `n > MAX_CAPACITY`, or if the entry array cannot be allocated.
-    pub fn with_capacity(n: usize) -> Arc<RecycleRing> {
+    pub fn with_capacity(n: usize) -> (Arc<RecycleRing>, RingConsumer) {
         assert!(
             n != 0,
             "RecycleRing::with_capacity: capacity must be at least 1, got 0"
@@ -123,13 +121,18 @@ impl RecycleRing {
             seq: AtomicUsize::new(i),
             value: AtomicU64::new(0),
         }));
-        Arc::new(RecycleRing {
+        let ring = Arc::new(RecycleRing {
             tail: CachePadded::new(AtomicUsize::new(0)),
             head: CachePadded::new(AtomicUsize::new(0)),
-            consumer_taken: AtomicBool::new(false),
             mask: capacity - 1,
             entries: entries.into_boxed_slice(),
-        })
+        });
+        let consumer = RingConsumer {
+            ring: Arc::clone(&ring),
+            head: 0,
+            _not_sync: PhantomData,
+        };
+        (ring, consumer)
     }
 
     /// The number of values the ring holds when full (a power of two).
@@ -219,27 +222,6 @@ impl RecycleRing {
             }
         }
     }
-
-    /// Takes the single consumer handle, or `None` while another handle exists.
-    ///
-    /// Dropping the handle gives the right back; the next handle resumes where the last one
-    /// stopped, so nothing queued is lost across handles.
-    pub fn consumer(self: &Arc<Self>) -> Option<RingConsumer> {
-        // Acquire on success: pairs with the Release store in RingConsumer::drop, so the head
-        // that the previous handle published (and the entries it freed) are visible here.
-        // Relaxed on failure: we touch nothing.
-        self.consumer_taken
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .ok()?;
-        // Relaxed: ordered by the Acquire above (the previous handle stored head before it
-        // released the right), and no other thread writes head.
-        let head = self.head.load(Ordering::Relaxed);
-        Some(RingConsumer {
-            ring: Arc::clone(self),
-            head,
-            _not_sync: PhantomData,
-        })
-    }
 }
 
 impl fmt::Debug for RecycleRing {
@@ -247,11 +229,6 @@ impl fmt::Debug for RecycleRing {
         f.debug_struct("RecycleRing")
             .field("capacity", &self.capacity())
             .field("len", &self.len())
-            // Relaxed: a diagnostic snapshot.
-            .field(
-                "consumer_taken",
-                &self.consumer_taken.load(Ordering::Relaxed),
-            )
             .finish()
     }
 }
@@ -259,8 +236,8 @@ impl fmt::Debug for RecycleRing {
 /// The single consumer of a [`RecycleRing`] (the poller thread).
 ///
 /// `Send` (it can move to the poller thread) but neither `Sync` nor `Clone`: popping needs
-/// `&mut self`, and only one handle exists per ring at a time. Dropping it lets
-/// [`RecycleRing::consumer`] hand out a new one.
+/// `&mut self`, and [`RecycleRing::with_capacity`] makes exactly one per ring. Once it is
+/// dropped nothing pops the ring again.
 ///
 /// ```compile_fail
 /// fn sync<T: Sync>() {}
@@ -336,19 +313,16 @@ impl RingConsumer {
     }
 
     fn publish_head(&self) {
-        // Release: pairs with len()'s Acquire load (see there) and, via the consumer right's
-        // Release/Acquire, hands the position to the next consumer handle.
+        // Release: pairs with len()'s Acquire load (see there).
         self.ring.head.store(self.head, Ordering::Release);
     }
 }
 
 impl Drop for RingConsumer {
     fn drop(&mut self) {
-        // Published already unless `drain`'s callback panicked; cheap to repeat.
+        // Published already unless `drain`'s callback panicked; cheap to repeat, and keeps
+        // `len()` exact for the producers that outlive the handle.
         self.publish_head();
-        // Release: the next handle's Acquire in RecycleRing::consumer then sees our head and
-        // everything we popped.
-        self.ring.consumer_taken.store(false, Ordering::Release);
     }
 }
 
@@ -405,7 +379,7 @@ mod tests {
             (1000, 1024),
             (1024, 1024),
         ] {
-            assert_eq!(RecycleRing::with_capacity(n).capacity(), cap, "n = {n}");
+            assert_eq!(RecycleRing::with_capacity(n).0.capacity(), cap, "n = {n}");
         }
     }
 
@@ -431,8 +405,7 @@ mod tests {
 
     #[test]
     fn fifo_full_and_len() {
-        let ring = RecycleRing::with_capacity(4);
-        let mut c = ring.consumer().unwrap();
+        let (ring, mut c) = RecycleRing::with_capacity(4);
         assert!(ring.is_empty());
         assert_eq!(c.pop(), None);
         for v in 10..14 {
@@ -453,8 +426,7 @@ mod tests {
 
     #[test]
     fn wraps_around_many_laps() {
-        let ring = RecycleRing::with_capacity(2);
-        let mut c = ring.consumer().unwrap();
+        let (ring, mut c) = RecycleRing::with_capacity(2);
         for lap in 0..1000u64 {
             ring.push(2 * lap).unwrap();
             ring.push(2 * lap + 1).unwrap();
@@ -467,8 +439,7 @@ mod tests {
 
     #[test]
     fn drain_respects_max() {
-        let ring = RecycleRing::with_capacity(8);
-        let mut c = ring.consumer().unwrap();
+        let (ring, mut c) = RecycleRing::with_capacity(8);
         for v in 0..6 {
             ring.push(v).unwrap();
         }
@@ -481,44 +452,23 @@ mod tests {
     }
 
     #[test]
-    fn single_consumer_enforced_and_handed_over() {
-        let ring = RecycleRing::with_capacity(4);
-        let mut first = ring.consumer().unwrap();
-        assert!(ring.consumer().is_none());
+    fn consumer_drop_after_panicking_callback_publishes_head() {
+        let (ring, mut c) = RecycleRing::with_capacity(4);
         ring.push(1).unwrap();
         ring.push(2).unwrap();
-        assert_eq!(first.pop(), Some(1));
-        drop(first);
-        let mut second = ring.consumer().expect("right returned on drop");
-        assert_eq!(second.pop(), Some(2));
-        assert_eq!(second.pop(), None);
-    }
-
-    #[test]
-    fn consumer_drop_after_panicking_callback_keeps_head() {
-        let ring = RecycleRing::with_capacity(4);
-        ring.push(1).unwrap();
-        ring.push(2).unwrap();
-        let r = Arc::clone(&ring);
-        let res = std::panic::catch_unwind(move || {
-            let mut c = r.consumer().unwrap();
-            c.drain(2, |v| assert_ne!(v, 1, "boom"));
-        });
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            c.drain(2, |v| assert_eq!(v, 2, "boom"));
+        }));
         assert!(res.is_err());
-        let mut c = ring.consumer().unwrap();
-        assert_eq!(c.pop(), Some(2));
-        assert!(ring.is_empty());
+        // The value popped before the panic is accounted for: one left.
+        assert_eq!(ring.len(), 1);
     }
 
     #[test]
     fn debug_and_display() {
-        let ring = RecycleRing::with_capacity(2);
-        let c = ring.consumer().unwrap();
+        let (_ring, c) = RecycleRing::with_capacity(2);
         let d = format!("{c:?}");
-        assert!(
-            d.contains("capacity: 2") && d.contains("consumer_taken: true"),
-            "{d}"
-        );
+        assert!(d.contains("capacity: 2") && d.contains("len: 0"), "{d}");
         assert_eq!(
             Full(3u64).to_string(),
             "ring is full; the value was handed back to the caller"

@@ -29,8 +29,7 @@ fn ring_four_producers_one_consumer() {
     const PRODUCERS: u64 = 4;
     let per_producer = 1_000_000 * scale();
     let total = PRODUCERS * per_producer;
-    let ring = RecycleRing::with_capacity(1024);
-    let mut consumer = ring.consumer().unwrap();
+    let (ring, mut consumer) = RecycleRing::with_capacity(1024);
     let start = Instant::now();
     let producers: Vec<_> = (0..PRODUCERS)
         .map(|p| {
@@ -139,8 +138,7 @@ fn recycler_poller_and_four_returners() {
     const SLOTS: u32 = 256;
     const RETURNERS: usize = 4;
     let lends = 500_000 * scale();
-    let recycler = Recycler::new(SLOTS);
-    let mut poller = recycler.consumer().unwrap();
+    let (recycler, mut poller) = Recycler::new(SLOTS);
     let start = Instant::now();
 
     let (senders, returners): (Vec<_>, Vec<_>) = (0..RETURNERS)

@@ -19,13 +19,14 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdma_mummy_sys::{ibv_comp_channel, ibv_cq, ibv_wc, ibv_wc_flags};
 
 use crate::device::Device;
 use crate::error::{Error, Result, WcError, WcOpcode, WcStatus};
 use crate::sys::{set_nonblocking, wait_readable};
+use crate::wait::{wait_for, Waiter};
 
 /// Events are acknowledged once this many have been read (ibv_ack_cq_events takes a mutex).
 const ACK_BATCH: u32 = 64;
@@ -387,9 +388,11 @@ impl Cq {
         self.take_event()
     }
 
-    /// Event-mode poll: returns as soon as at least one completion is available (up to
-    /// `wcs.len()`), sleeping on the completion channel in between; returns 0 when `timeout`
-    /// passes first. See the module docs for the sequence.
+    /// Blocking poll (the one meaning gdrx gives it, see [`crate::wait`]): waits up to
+    /// `timeout` (forever for `None`) until at least one completion is available and returns
+    /// how many (up to `wcs.len()`), or 0 once `timeout` has passed. In event mode it sleeps on
+    /// the completion channel in between (see the module docs for the sequence); in busy mode it
+    /// spins.
     ///
     /// # Errors
     /// As [`Cq::poll`], [`Cq::arm`] and [`Cq::wait_event`].
@@ -398,26 +401,29 @@ impl Cq {
         wcs: &mut [WorkCompletion],
         timeout: Option<Duration>,
     ) -> Result<usize> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        loop {
-            let n = self.poll(wcs)?;
-            if n > 0 {
-                return Ok(n);
-            }
-            self.arm()?;
-            let n = self.poll(wcs)?;
-            if n > 0 {
-                return Ok(n);
-            }
-            let left = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(l) => Some(l),
-                    None => return Ok(0),
-                },
-                None => None,
-            };
-            self.wait_event(left)?;
+        struct CqWaiter<'a> {
+            cq: &'a Cq,
+            wcs: &'a mut [WorkCompletion],
         }
+        impl Waiter for CqWaiter<'_> {
+            type Error = Error;
+            fn attempt(&mut self) -> Result<usize> {
+                self.cq.poll(self.wcs)
+            }
+            fn wait(&mut self, left: Option<Duration>) -> Result<usize> {
+                if !self.cq.is_event_mode() {
+                    std::hint::spin_loop();
+                    return Ok(0);
+                }
+                self.cq.arm()?;
+                let n = self.cq.poll(self.wcs)?;
+                if n == 0 {
+                    self.cq.wait_event(left)?;
+                }
+                Ok(n)
+            }
+        }
+        wait_for(&mut CqWaiter { cq: self, wcs }, timeout)
     }
 
     /// The completion channel's fd, for epoll/poll (event-mode CQs only). It is non-blocking.

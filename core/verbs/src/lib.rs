@@ -24,7 +24,7 @@
 //! println!("{}", dev.capabilities()?);
 //! let pd = dev.alloc_pd()?;
 //! let cq = Cq::with_events(&dev, 4096)?;
-//! let srq = Srq::new(&pd, SrqConfig { max_wr: 1024, max_sge: 1, limit: 0 })?;
+//! let srq = Srq::new(&pd, SrqConfig::new(1024, 1))?;
 //! let mem = Arc::new(HostMemory::new(1024 * 4096)?);
 //! let mr = pd.register(mem, Access::recv())?; // LOCAL_WRITE only
 //! let mut batch = RecvBatch::with_capacity(1024, 1024);
@@ -83,6 +83,7 @@ pub mod pd;
 pub mod qp;
 pub mod srq;
 mod sys;
+pub mod wait;
 pub mod wr;
 
 pub use cm::{connect, ConnEvent, ConnectRequest, Connection, ConnectionSpec, Listener};
@@ -98,6 +99,7 @@ pub use mr::{Access, Mr, MrKind};
 pub use pd::{DmabufSupport, Pd};
 pub use qp::{QpCaps, QpConfig, QpState, QueuePair};
 pub use srq::{Srq, SrqConfig};
+pub use wait::{wait_for, Waiter};
 pub use wr::{BatchFull, RecvBatch, SendBatch, SendFlags, SendOp, Sge};
 
 // The handshake's messages fit in what RDMA CM carries.

@@ -22,6 +22,7 @@ use crate::wr::RecvBatch;
 
 /// SRQ sizing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SrqConfig {
     /// Receive work requests the SRQ can hold.
     pub max_wr: u32,
@@ -34,11 +35,25 @@ pub struct SrqConfig {
 
 impl Default for SrqConfig {
     fn default() -> Self {
+        SrqConfig::new(1024, 1)
+    }
+}
+
+impl SrqConfig {
+    /// An SRQ of `max_wr` receives of `max_sge` SGEs each, with no limit event.
+    pub fn new(max_wr: u32, max_sge: u32) -> SrqConfig {
         SrqConfig {
-            max_wr: 1024,
-            max_sge: 1,
+            max_wr,
+            max_sge,
             limit: 0,
         }
+    }
+
+    /// Raise `IBV_EVENT_SRQ_LIMIT_REACHED` once fewer than `limit` receives remain (0: off).
+    #[must_use]
+    pub fn limit(mut self, limit: u32) -> SrqConfig {
+        self.limit = limit;
+        self
     }
 }
 
@@ -193,11 +208,12 @@ impl Srq {
         Ok(())
     }
 
-    /// Queries `(max_wr, max_sge, limit)` as the device reports them now.
+    /// The SRQ's attributes as the device reports them now (its `max_wr` and `max_sge` may be
+    /// larger than asked for; `limit` is 0 once a limit event fired).
     ///
     /// # Errors
     /// [`Error::Verbs`] when `ibv_query_srq` fails.
-    pub fn query(&self) -> Result<(u32, u32, u32)> {
+    pub fn query(&self) -> Result<SrqConfig> {
         let mut attr = ibv_srq_attr {
             max_wr: 0,
             max_sge: 0,
@@ -212,7 +228,11 @@ impl Srq {
                 ret,
             ));
         }
-        Ok((attr.max_wr, attr.max_sge, attr.srq_limit))
+        Ok(SrqConfig {
+            max_wr: attr.max_wr,
+            max_sge: attr.max_sge,
+            limit: attr.srq_limit,
+        })
     }
 }
 

@@ -30,8 +30,8 @@ use cudarc::driver::sys;
 use cudarc::driver::CudaStream;
 use gdrx_core::{Provider, Region};
 use gdrx_gpu::{
-    DeviceMemory, Gpu, GpuLease, GpuProvider, PinnedHostProvider, PinnedRegion, StageError,
-    StageMeta, Stager, StagingSource,
+    DeviceMemory, Gpu, GpuLease, GpuProvider, MessageMeta, PinnedHostProvider, PinnedRegion,
+    StageError, Stager, StagingSource,
 };
 use gdrx_providers::HostProvider;
 use serde_json::{json, Value};
@@ -347,7 +347,8 @@ fn check_staging(gpu: &Arc<Gpu>, args: &Args) -> Result<Outcome> {
             let Some(hs) = host.take(len, |b| pattern(seq, b)) else {
                 break;
             };
-            let meta = StageMeta {
+            let meta = MessageMeta {
+                len: 0,
                 imm: Some(seq as u32),
                 qp_num: 1,
                 src_qp: 2,
@@ -465,7 +466,7 @@ fn check_gate(gpu: &Arc<Gpu>, _: &Args) -> Result<Outcome> {
     cu(r, "cuLaunchHostFunc")?;
     let hs = host.take(100, |b| pattern(7, b)).context("host slot")?;
     stager
-        .stage(hs, StageMeta::default())
+        .stage(hs, MessageMeta::default())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut lease = None;
     let t = Instant::now();
@@ -536,7 +537,7 @@ fn check_throughput(gpu: &Arc<Gpu>, args: &Args) -> Result<Outcome> {
                     let Some(hs) = host.take(size, |_| {}) else {
                         break;
                     };
-                    match stager.stage(hs, StageMeta::default()) {
+                    match stager.stage(hs, MessageMeta::default()) {
                         Ok(()) => sent += 1,
                         Err(StageError::Busy(hs)) => {
                             drop(hs);

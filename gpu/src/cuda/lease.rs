@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crossbeam_queue::SegQueue;
 use cudarc::driver::{CudaContext, CudaEvent, CudaStream};
-use gdrx_core::Lease;
+use gdrx_core::{Lease, MessageMeta};
 
 use super::driver_error;
 use super::staging::StageShared;
@@ -178,9 +178,7 @@ pub struct GpuLease {
     gate: Arc<Gate>,
     ptr: u64,
     len: usize,
-    imm: Option<u32>,
-    qp_num: u32,
-    src_qp: u32,
+    meta: MessageMeta,
     path: GpuPath,
 }
 
@@ -189,22 +187,11 @@ impl fmt::Debug for GpuLease {
         f.debug_struct("GpuLease")
             .field("ptr", &format_args!("{:#x}", self.ptr))
             .field("len", &self.len)
-            .field("imm", &self.imm)
+            .field("imm", &self.meta.imm)
             .field("path", &self.path)
             .field("events", &self.events.len())
             .finish()
     }
-}
-
-/// Where a message came from (the completion's fields).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StageMeta {
-    /// Immediate data.
-    pub imm: Option<u32>,
-    /// Local QP number.
-    pub qp_num: u32,
-    /// Source QP number.
-    pub src_qp: u32,
 }
 
 impl GpuLease {
@@ -213,7 +200,7 @@ impl GpuLease {
         gate: &Arc<Gate>,
         ptr: u64,
         len: usize,
-        meta: StageMeta,
+        meta: MessageMeta,
         path: GpuPath,
     ) -> GpuLease {
         GpuLease {
@@ -222,9 +209,7 @@ impl GpuLease {
             gate: Arc::clone(gate),
             ptr,
             len,
-            imm: meta.imm,
-            qp_num: meta.qp_num,
-            src_qp: meta.src_qp,
+            meta,
             path,
         }
     }
@@ -246,17 +231,23 @@ impl GpuLease {
 
     /// Immediate data, when the message carried some.
     pub fn imm(&self) -> Option<u32> {
-        self.imm
+        self.meta.imm
+    }
+
+    /// What the receive completion said (the same [`MessageMeta`] as a host [`gdrx_core::Lease`];
+    /// its `len` counts the bytes received, header included).
+    pub fn meta(&self) -> MessageMeta {
+        self.meta
     }
 
     /// The local QP the message arrived on.
     pub fn qp_num(&self) -> u32 {
-        self.qp_num
+        self.meta.qp_num
     }
 
     /// The sender's QP number.
     pub fn src_qp(&self) -> u32 {
-        self.src_qp
+        self.meta.src_qp
     }
 
     /// The header bytes in host memory, with header split on a zero-copy path (empty otherwise:

@@ -25,8 +25,8 @@ use crate::error::{GpuError, Result};
 use crate::plan::GpuInfo;
 use crate::GpuProbe;
 
+pub use gdrx_core::MessageMeta;
 pub use lease::GpuLease;
-pub use lease::StageMeta;
 pub use mem::{DeviceMemory, DmabufExport};
 pub use pool::{GpuEvent, GpuPool, GpuPoolConfig, GpuPoolReport, METRICS};
 pub use provider::{GpuProvider, GpuRegion, PinnedHostProvider, PinnedRegion};

@@ -4,17 +4,18 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cudarc::driver::sys;
 use cudarc::driver::CudaEvent;
+use gdrx_core::wait::{wait_for, Waiter};
 use gdrx_core::{
-    Cq, Lease, Pd, Pool, PoolConfig, PoolReport, Provider, QueuePair, RecvEvent,
+    Batch, Cq, Lease, Pd, Pool, PoolConfig, PoolReport, Provider, QueuePair, RecvEvent,
     RegistrationPolicy, Srq, WcError,
 };
 use gdrx_providers::HostProvider;
 
-use super::lease::{Gate, GpuLease, Slot, StageMeta};
+use super::lease::{Gate, GpuLease, Slot};
 use super::{check, Gpu, GpuProvider, PinnedHostProvider, StageError, Stager, StagerStats};
 use crate::error::{GpuError, Result};
 use crate::peermem;
@@ -139,7 +140,12 @@ pub struct GpuPool {
     visibility: Visibility,
     gate: Arc<Gate>,
     scratch: Vec<(Slot, Vec<CudaEvent>)>,
-    events: Vec<RecvEvent>,
+    /// What the receive pool handed out, before the visibility flush.
+    recv: Vec<RecvEvent>,
+    /// What the current poll hands out.
+    out: Vec<GpuEvent>,
+    /// An error that came after events were gathered, returned by the next poll.
+    deferred: Option<GpuError>,
     flushes: u64,
     flush_counter: metrics::Counter,
 }
@@ -284,7 +290,9 @@ impl GpuPool {
             visibility,
             gate: Gate::new(gpu.context()),
             scratch: Vec::new(),
-            events: Vec::with_capacity(cfg.pool.poll_batch as usize),
+            recv: Vec::with_capacity(cfg.pool.poll_batch as usize + 1),
+            out: Vec::with_capacity(cfg.pool.poll_batch as usize + 1),
+            deferred: None,
             flushes: 0,
             flush_counter,
         })
@@ -411,164 +419,165 @@ impl GpuPool {
     }
 
     /// Reposts returned slots (after their consumers' events), polls the receive queue and
-    /// hands out what arrived: on the zero-copy paths after the visibility flush where the GPU
-    /// needs one, on the staging path once each copy completed. Returns the number of events
-    /// handed out. Never blocks.
+    /// returns what arrived as a [`Batch`]: on the zero-copy paths after the visibility flush
+    /// where the GPU needs one, on the staging path once each copy completed. Never blocks.
     ///
     /// # Errors
-    /// The receive pool's errors ([`GpuError::Pool`]), a failed flush or event query.
-    pub fn poll(&mut self, f: &mut impl FnMut(GpuEvent)) -> Result<usize> {
+    /// The receive pool's errors ([`GpuError::Pool`]), a failed flush or event query. When the
+    /// error comes after events were gathered, they are returned first and the error by the
+    /// next call; messages waiting for a failed flush are handed out once a flush succeeds.
+    pub fn poll(&mut self) -> Result<Batch<'_, GpuEvent>> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        let r = self.poll_into();
+        self.finish(r)
+    }
+
+    /// Blocking poll (one meaning across gdrx, see [`gdrx_core::wait`]): like
+    /// [`GpuPool::poll`], but waits up to `timeout` (forever for `None`) until the batch holds at
+    /// least one event; an empty batch means the timeout passed.
+    ///
+    /// # Errors
+    /// As [`GpuPool::poll`].
+    pub fn poll_blocking(&mut self, timeout: Option<Duration>) -> Result<Batch<'_, GpuEvent>> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        let r = wait_for(&mut GpuWaiter { pool: self }, timeout);
+        self.finish(r)
+    }
+
+    fn finish(&mut self, r: Result<usize>) -> Result<Batch<'_, GpuEvent>> {
+        if let Err(e) = r {
+            if self.out.is_empty() {
+                return Err(e);
+            }
+            self.deferred = Some(e);
+        }
+        Ok(Batch::drain(&mut self.out))
+    }
+
+    /// One non-blocking poll into `self.out`; returns the events added.
+    fn poll_into(&mut self) -> Result<usize> {
+        let before = self.out.len();
         self.gate.poll(&mut self.scratch);
         match &mut self.mode {
             Mode::Direct(pool) => {
-                let mut evs = std::mem::take(&mut self.events);
-                evs.clear();
-                let r = pool.poll(&mut |ev| evs.push(ev));
-                // What arrived before an error is handed out all the same.
-                let n = self.hand_out(&mut evs, f);
-                self.events = evs;
-                r?;
-                n
+                self.recv.extend(pool.poll()?);
+                self.hand_out()?;
             }
             Mode::Staging {
                 stager,
                 backlog,
                 pool,
             } => {
-                let mut n = stager.poll(&mut |l| f(GpuEvent::Message(l)))?;
+                let out = &mut self.out;
+                stager.poll(&mut |l| out.push(GpuEvent::Message(l)))?;
                 // Messages waiting for a GPU slot go first, in arrival order.
                 while let Some(l) = backlog.pop_front() {
-                    let meta = meta_of(&l);
+                    let meta = l.meta();
                     match stager.stage(l, meta) {
                         Ok(()) => {}
                         Err(StageError::Busy(l)) => {
                             backlog.push_front(l);
                             break;
                         }
-                        Err(e) => {
-                            n += 1;
-                            f(staging_failed(e));
-                        }
+                        Err(e) => out.push(staging_failed(e)),
                     }
                 }
                 if backlog.is_empty() {
                     // Only when nothing waits for a GPU slot: a consumer holding every GPU slot
                     // then backs the NIC up through the host pool (RNR), as in the zero-copy case.
-                    pool.poll(&mut |ev| match ev {
-                        RecvEvent::Message(l) => {
-                            if !backlog.is_empty() {
-                                backlog.push_back(l);
-                                return;
-                            }
-                            let meta = meta_of(&l);
-                            match stager.stage(l, meta) {
-                                Ok(()) => {}
-                                Err(StageError::Busy(l)) => backlog.push_back(l),
-                                Err(e) => {
-                                    n += 1;
-                                    f(staging_failed(e));
+                    for ev in pool.poll()? {
+                        match ev {
+                            RecvEvent::Message(l) => {
+                                if !backlog.is_empty() {
+                                    backlog.push_back(l);
+                                    continue;
+                                }
+                                let meta = l.meta();
+                                match stager.stage(l, meta) {
+                                    Ok(()) => {}
+                                    Err(StageError::Busy(l)) => backlog.push_back(l),
+                                    Err(e) => out.push(staging_failed(e)),
                                 }
                             }
+                            RecvEvent::Failed(e) => out.push(GpuEvent::Failed(e)),
+                            RecvEvent::Exhausted { lent } => {
+                                out.push(GpuEvent::Exhausted { lent });
+                            }
                         }
-                        RecvEvent::Failed(e) => {
-                            n += 1;
-                            f(GpuEvent::Failed(e));
-                        }
-                        RecvEvent::Exhausted { lent } => {
-                            n += 1;
-                            f(GpuEvent::Exhausted { lent });
-                        }
-                    })?;
-                    n += stager.poll(&mut |l| f(GpuEvent::Message(l)))?;
-                }
-                Ok(n)
-            }
-        }
-    }
-
-    /// Like [`GpuPool::poll`], but waits up to `timeout` (forever for `None`) for at least one
-    /// event. Returns 0 when the timeout passes.
-    ///
-    /// # Errors
-    /// As [`GpuPool::poll`].
-    pub fn poll_blocking(
-        &mut self,
-        f: &mut impl FnMut(GpuEvent),
-        timeout: Option<Duration>,
-    ) -> Result<usize> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        loop {
-            let n = self.poll(f)?;
-            if n > 0 {
-                return Ok(n);
-            }
-            let left = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(l) if !l.is_zero() => l,
-                    _ => return Ok(0),
-                },
-                None => Duration::MAX,
-            };
-            let nap = left.min(Duration::from_millis(1));
-            let waiting = self.gate.waiting() > 0;
-            match &mut self.mode {
-                // Parked returns need polling; otherwise wait on the CQ in short slices.
-                Mode::Direct(pool) if !waiting => {
-                    let mut evs = std::mem::take(&mut self.events);
-                    evs.clear();
-                    let r = pool.poll_blocking(&mut |ev| evs.push(ev), Some(nap));
-                    let n = self.hand_out(&mut evs, f);
-                    self.events = evs;
-                    r?;
-                    let n = n?;
-                    if n > 0 {
-                        return Ok(n);
                     }
+                    stager.poll(&mut |l| out.push(GpuEvent::Message(l)))?;
                 }
-                Mode::Staging { stager, .. } if stager.in_flight() > 0 => std::hint::spin_loop(),
-                _ => std::thread::sleep(nap.min(Duration::from_micros(50))),
             }
         }
+        Ok(self.out.len() - before)
     }
 
-    /// Zero-copy paths: the visibility flush where needed, then each event out as a GPU event.
-    fn hand_out(
-        &mut self,
-        evs: &mut Vec<RecvEvent>,
-        f: &mut impl FnMut(GpuEvent),
-    ) -> Result<usize> {
+    /// Zero-copy paths: the visibility flush where needed, then each polled event out as a GPU
+    /// event. When the flush fails the events stay for the next call.
+    fn hand_out(&mut self) -> Result<()> {
         if self.visibility == Visibility::FlushPerBatch
-            && evs.iter().any(|e| matches!(e, RecvEvent::Message(_)))
+            && self.recv.iter().any(|e| matches!(e, RecvEvent::Message(_)))
         {
             self.flush()?;
         }
-        let n = evs.len();
-        for ev in evs.drain(..) {
-            match ev {
+        for ev in self.recv.drain(..) {
+            self.out.push(match ev {
                 RecvEvent::Message(l) => {
-                    let (ptr, len, meta) = (l.payload_addr(), l.payload_len(), meta_of(&l));
-                    f(GpuEvent::Message(GpuLease::new(
+                    let (ptr, len, meta) = (l.payload_addr(), l.payload_len(), l.meta());
+                    GpuEvent::Message(GpuLease::new(
                         Slot::Direct(l),
                         &self.gate,
                         ptr,
                         len,
                         meta,
                         self.plan.path,
-                    )))
+                    ))
                 }
-                RecvEvent::Failed(e) => f(GpuEvent::Failed(e)),
-                RecvEvent::Exhausted { lent } => f(GpuEvent::Exhausted { lent }),
-            }
+                RecvEvent::Failed(e) => GpuEvent::Failed(e),
+                RecvEvent::Exhausted { lent } => GpuEvent::Exhausted { lent },
+            });
         }
-        Ok(n)
+        Ok(())
     }
 }
 
-fn meta_of(l: &Lease) -> StageMeta {
-    StageMeta {
-        imm: l.imm(),
-        qp_num: l.qp_num(),
-        src_qp: l.src_qp(),
+/// [`GpuPool::poll_blocking`]'s way of waiting between polls.
+struct GpuWaiter<'a> {
+    pool: &'a mut GpuPool,
+}
+
+impl Waiter for GpuWaiter<'_> {
+    type Error = GpuError;
+
+    fn attempt(&mut self) -> Result<usize> {
+        self.pool.poll_into()
+    }
+
+    fn wait(&mut self, left: Option<Duration>) -> Result<usize> {
+        let nap = left.unwrap_or(Duration::MAX).min(Duration::from_millis(1));
+        let waiting = self.pool.gate.waiting() > 0;
+        let pool = &mut *self.pool;
+        match &mut pool.mode {
+            // Parked returns need polling; otherwise wait on the CQ in short slices.
+            Mode::Direct(p) if !waiting => {
+                pool.recv.extend(p.poll_blocking(Some(nap))?);
+                let before = pool.out.len();
+                pool.hand_out()?;
+                Ok(pool.out.len() - before)
+            }
+            Mode::Staging { stager, .. } if stager.in_flight() > 0 => {
+                std::hint::spin_loop();
+                Ok(0)
+            }
+            _ => {
+                std::thread::sleep(nap.min(Duration::from_micros(50)));
+                Ok(0)
+            }
+        }
     }
 }
 

@@ -21,10 +21,11 @@ use cudarc::driver::{CudaEvent, CudaStream};
 use gdrx_core::Lease;
 use gdrx_ring::{RecycleConsumer, Recycler, RejectCounts};
 
-use super::lease::{Gate, GpuLease, Slot, StageMeta};
+use super::lease::{Gate, GpuLease, Slot};
 use super::{check, driver_error, DeviceMemory, Gpu};
 use crate::error::{GpuError, Result};
 use crate::plan::GpuPath;
+use gdrx_core::MessageMeta;
 
 /// Host bytes the stager can copy.
 ///
@@ -164,7 +165,7 @@ struct InFlight<S> {
     src: S,
     slot: u32,
     len: usize,
-    meta: StageMeta,
+    meta: MessageMeta,
 }
 
 /// Copies host payloads into GPU slots (see the module docs). Used by one poller thread.
@@ -225,10 +226,7 @@ impl<S: StagingSource> Stager<S> {
                     .map_err(driver_error("cuEventCreate(DISABLE_TIMING)"))
             })
             .collect::<Result<Vec<_>>>()?;
-        let recycler = Recycler::new(slots);
-        let consumer = recycler
-            .consumer()
-            .expect("a fresh recycler has no consumer yet");
+        let (recycler, consumer) = Recycler::new(slots);
         Ok(Stager {
             shared: Arc::new(StageShared {
                 recycler,
@@ -288,7 +286,7 @@ impl<S: StagingSource> Stager<S> {
     ///
     /// # Errors
     /// [`StageError`], with the source handed back.
-    pub fn stage(&mut self, src: S, meta: StageMeta) -> std::result::Result<(), StageError<S>> {
+    pub fn stage(&mut self, src: S, meta: MessageMeta) -> std::result::Result<(), StageError<S>> {
         let Some(bytes) = src.host_bytes() else {
             return Err(StageError::Unreadable(src));
         };

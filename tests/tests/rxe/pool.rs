@@ -25,13 +25,10 @@ fn host() -> Arc<dyn Provider> {
 fn base(name: &str, provider: Arc<dyn Provider>, consumers: Consumers) -> PoolTest {
     PoolTest {
         provider,
-        pool: PoolConfig {
-            name: name.into(),
-            slot_size: 16384,
-            slots_per_region: 256,
-            post_batch: 32,
-            ..PoolConfig::default()
-        },
+        pool: PoolConfig::named(name)
+            .slot_size(16384)
+            .slots_per_region(256)
+            .post_batch(32),
         conns: 4,
         messages: 2500,
         op: OpKind::SendImm,
@@ -431,21 +428,12 @@ fn pool_refuses_what_it_cannot_use_before_posting_anything() {
     let dev = env.open();
     let pd = dev.alloc_pd().unwrap();
     let cq = Cq::new(&dev, 256).unwrap();
-    let srq = Srq::new(
-        &pd,
-        SrqConfig {
-            max_wr: 128,
-            max_sge: 1,
-            limit: 0,
-        },
-    )
-    .unwrap();
+    let srq = Srq::new(&pd, SrqConfig::new(128, 1)).unwrap();
     let before = res::counts(&env.dev).unwrap();
-    let cfg = |name: &str| PoolConfig {
-        name: name.into(),
-        slot_size: 4096,
-        slots_per_region: 128,
-        ..PoolConfig::default()
+    let cfg = |name: &str| {
+        PoolConfig::named(name)
+            .slot_size(4096)
+            .slots_per_region(128)
     };
     let p = |pr: Arc<dyn Provider>, c: PoolConfig| gdrx_core::Pool::new(&srq, &cq, pr, c);
 
@@ -467,10 +455,7 @@ fn pool_refuses_what_it_cannot_use_before_posting_anything() {
     let e = expect_err!(
         p(
             Arc::new(UdmabufProvider::new()),
-            PoolConfig {
-                registration: RegistrationPolicy::RequireDmabuf,
-                ..cfg("needdmabuf")
-            }
+            cfg("needdmabuf").registration(RegistrationPolicy::RequireDmabuf)
         ),
         PoolError::DmabufRequired { .. },
         "dma-buf",
@@ -495,27 +480,12 @@ fn pool_refuses_what_it_cannot_use_before_posting_anything() {
     );
     // Header split on an SRQ with one SGE; a depth beyond the SRQ.
     expect_err!(
-        p(
-            host(),
-            PoolConfig {
-                header_split: Some(HeaderSplit {
-                    bytes: 64,
-                    provider: host()
-                }),
-                ..cfg("split1sge")
-            }
-        ),
+        p(host(), cfg("split1sge").header_split(64, host())),
         PoolError::Config(ConfigError::HeaderSplitSges { max_sge: 1, .. }),
         "max_sge"
     );
     expect_err!(
-        p(
-            host(),
-            PoolConfig {
-                depth: 4096,
-                ..cfg("deep")
-            }
-        ),
+        p(host(), cfg("deep").depth(4096)),
         PoolError::Config(ConfigError::Depth { depth: 4096, .. }),
         "depth"
     );
@@ -528,10 +498,7 @@ fn pool_refuses_what_it_cannot_use_before_posting_anything() {
     // With the opt-in, unreadable memory is accepted and reported as such.
     let pool = p(
         Arc::new(PretendDevice(HostProvider::new())),
-        PoolConfig {
-            allow_unreadable: true,
-            ..cfg("optin")
-        },
+        cfg("optin").allow_unreadable(true),
     )
     .expect("unreadable memory with allow_unreadable");
     let r = pool.report();

@@ -104,8 +104,7 @@ impl Rig {
 
     fn with_queue(s: Shape, limits: QueueLimits, mut q: FakeQueue) -> Rig {
         let geo = Geometry::new(&s, limits).unwrap();
-        let rec = Recycler::new(geo.max_slots);
-        let cons = rec.consumer().unwrap();
+        let (rec, cons) = Recycler::new(geo.max_slots);
         let mut st = PoolState::new(geo);
         for _ in 0..geo.initial_regions {
             st.grow(&mut q).unwrap();

@@ -186,7 +186,7 @@ pub fn connect(
     check_device(&id, spec, &peer)?;
     let qp = spec.create_qp()?;
     to_init(&id, &qp)?;
-    let rd = spec.rd_atomic();
+    let rd = spec.effective_rd_atomic();
     let mut p = conn_param(spec, &qp, private_data, rd, rd);
     // SAFETY: live id with a resolved route; `p` and its private data outlive the call.
     let ret = unsafe { rdma_mummy_sys::rdma_connect(id.ptr(), &mut p) };

@@ -202,7 +202,7 @@ impl ConnectRequest {
             return Err(e);
         }
         let qp = spec.create_qp()?;
-        let ours = spec.rd_atomic();
+        let ours = spec.effective_rd_atomic();
         let resp = self.initiator_depth.min(ours);
         let init = self.responder_resources.min(ours);
         to_init(&self.id, &qp)?;

@@ -40,6 +40,7 @@ pub const MAX_REJECT_PRIVATE_DATA: usize = 148;
 /// What to build for each connection: the QP's PD, CQs and SRQ, its sizes, and the transport's
 /// retry behaviour.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ConnectionSpec {
     /// PD the QP is created on (its device must be the one the address maps to).
     pub pd: Arc<Pd>,
@@ -83,6 +84,48 @@ impl ConnectionSpec {
         }
     }
 
+    /// Queue sizes of the connection's QP.
+    #[must_use]
+    pub fn qp(mut self, qp: QpConfig) -> Self {
+        self.qp = qp;
+        self
+    }
+
+    /// The RNR NAK timer this side advertises (5-bit IB encoding; checked at connect).
+    #[must_use]
+    pub fn min_rnr_timer(mut self, timer: u8) -> Self {
+        self.min_rnr_timer = timer;
+        self
+    }
+
+    /// Retries after an RNR NAK (7 = forever).
+    #[must_use]
+    pub fn rnr_retry(mut self, retries: u8) -> Self {
+        self.rnr_retry = retries;
+        self
+    }
+
+    /// Transport retries before `RetryExceeded` (0..=7).
+    #[must_use]
+    pub fn retry_count(mut self, retries: u8) -> Self {
+        self.retry_count = retries;
+        self
+    }
+
+    /// Outstanding RDMA READ/atomic operations.
+    #[must_use]
+    pub fn rd_atomic(mut self, n: u8) -> Self {
+        self.rd_atomic = n;
+        self
+    }
+
+    /// How long each handshake step may take.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
     fn validate(&self) -> Result<()> {
         if self.min_rnr_timer > 31 {
             return Err(Error::InvalidConfig(format!(
@@ -109,7 +152,7 @@ impl ConnectionSpec {
         )
     }
 
-    fn rd_atomic(&self) -> u8 {
+    fn effective_rd_atomic(&self) -> u8 {
         let max = self.pd.device().limits().max_qp_rd_atom.min(u8::MAX as u32) as u8;
         self.rd_atomic.min(max)
     }
