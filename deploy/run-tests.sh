@@ -31,8 +31,10 @@ RUSTFLAGS="--cfg loom" cargo test --locked -p gdrx-ring --release --target-dir t
 step "docs: cargo doc with -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --all-features
 
-step "building the rxe suite, gdrx-bench and gdrx-doctor (release)"
+step "building the rxe suite, gdrx-bench, gdrx-doctor and the examples (release)"
 cargo build --locked --release -p gdrx-bench
+# The rxe suite runs the examples against its test peer.
+cargo build --locked --release -p gdrx-examples --examples
 # The doctor's rxe tests check its GPU part too (no libcuda in the testbed: a typed error).
 cargo build --locked --release -p gdrx-gpu --features cuda --bin gdrx-doctor
 exe=$(cargo test --locked --release -p gdrx-tests --test rxe --no-run --message-format=json \

@@ -8,14 +8,24 @@
 //! | `gdrx-ring` | the lock-free recycle ring and validated slot returns (FFI-free, loom-tested) | - |
 //! | `gdrx-wire` | the private-data handshake (FFI-free) | - |
 //! | `gdrx-verbs` | device, PD, MR, CQ, SRQ, QP, RDMA CM, work requests, async events, the verbs [`Error`] | wire |
-//! | `gdrx-pool` | the [`Provider`]/[`Region`] traits, the [`Pool`], [`Lease`]s and returns, pool metrics | verbs, ring |
+//! | `gdrx-pool` | the [`Provider`]/[`Region`] traits, the [`Pool`] (an FFI-free state machine, `pool::state`, and its verbs executor), [`Lease`]s and returns, [`PoolError`], pool metrics | verbs, ring |
 //!
 //! This crate re-exports all of them under one name (the modules keep their paths:
-//! [`cm`], [`cq`], ..., [`pool`], [`provider`], [`wire`]), so a user depends on one crate.
+//! [`cm`], [`cq`], ..., [`pool`], [`provider`], [`wire`]), so a user depends on one crate, and
+//! adds the [`Receiver`]: the common case (listen, accept gdrx senders, keep an SRQ fed from a
+//! pool, one stream of events) in one object.
 //!
-//! ## Quick start
+//! ## Examples
 //!
-//! A receiver on one SRQ, accepting connections on `10.77.0.1:7471`:
+//! Runnable programs live in [`examples/`](https://github.com/gdrx/gdrx/tree/main/examples)
+//! (crate `gdrx-examples`; the rxe suite runs each against a real sender):
+//! [`receiver.rs`](https://github.com/gdrx/gdrx/blob/main/examples/receiver.rs) is a
+//! [`Receiver`] counting what its senders send.
+//!
+//! ## Quick start: the verbs by hand
+//!
+//! A receiver on one SRQ without the pool or the [`Receiver`], accepting connections on
+//! `10.77.0.1:7471`:
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -61,6 +71,9 @@ pub use gdrx_pool as pool;
 pub use gdrx_pool::provider;
 pub use gdrx_verbs::{cm, cq, device, error, event, mem, mr, pd, qp, srq, wait, wr};
 pub use gdrx_wire as wire;
+
+pub mod receiver;
+pub use receiver::Receiver;
 
 pub use gdrx_pool::{
     AllocError, Attempt, Batch, ConfigError, HeaderSplit, Lease, MessageMeta, Pool, PoolConfig,

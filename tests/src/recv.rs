@@ -187,7 +187,8 @@ impl Buffers {
 
 /// A sender process that is killed and reaped when dropped, so a test that fails early leaves
 /// no sender running into the next test.
-pub(crate) struct Peer(pub(crate) Child);
+#[derive(Debug)]
+pub struct Peer(pub Child);
 
 impl std::ops::Deref for Peer {
     type Target = Child;
@@ -212,7 +213,7 @@ impl Drop for Peer {
 }
 
 /// Spawns the sender process.
-pub(crate) fn spawn_peer(exe: &Path, plan: &Plan) -> anyhow::Result<Peer> {
+pub fn spawn_peer(exe: &Path, plan: &Plan) -> anyhow::Result<Peer> {
     let child = Command::new(exe)
         .arg("--plan")
         .arg(serde_json::to_string(plan)?)
@@ -554,7 +555,7 @@ pub fn run_two_process(
 
 /// Lets the sender finish: closes its stdin (the signal that everything was verified), waits for
 /// it to exit successfully and parses its JSON report line.
-pub(crate) fn finish_peer(child: &mut Peer) -> anyhow::Result<Report> {
+pub fn finish_peer(child: &mut Peer) -> anyhow::Result<Report> {
     drop(child.stdin.take());
     let (status, stdout, stderr) = wait_with_timeout(child, Duration::from_secs(60))?;
     if !status.success() {
@@ -586,7 +587,9 @@ pub(crate) fn drain(child: &mut Child) -> String {
     s
 }
 
-pub(crate) fn wait_with_timeout(
+/// Waits up to `t` for `child` to exit and returns its status, stdout and stderr (both piped);
+/// kills it after `t`.
+pub fn wait_with_timeout(
     child: &mut Child,
     t: Duration,
 ) -> anyhow::Result<(std::process::ExitStatus, String, String)> {

@@ -52,6 +52,12 @@ mod bench;
 #[path = "rxe/doctor.rs"]
 mod doctor;
 
+#[path = "rxe/examples.rs"]
+mod examples;
+
+#[path = "rxe/receiver.rs"]
+mod receiver;
+
 fn env() -> RxeEnv {
     gdrx_tests::init_logging();
     RxeEnv::from_env()

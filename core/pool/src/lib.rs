@@ -988,6 +988,31 @@ impl Pool {
         self.finish(r)
     }
 
+    /// Polls like [`Pool::poll`] but keeps what it found for the next [`Pool::take`] (or
+    /// `poll`), and returns how many events wait there: for a caller that decides what to do
+    /// before it borrows a batch (the `Receiver` of gdrx-core).
+    ///
+    /// # Errors
+    /// As [`Pool::poll`] (an error after events is returned by the next call).
+    pub fn gather(&mut self) -> Result<usize> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        match self.poll_into() {
+            Ok(_) => Ok(self.events.len()),
+            Err(e) if self.events.is_empty() => Err(e),
+            Err(e) => {
+                self.deferred = Some(e);
+                Ok(self.events.len())
+            }
+        }
+    }
+
+    /// Hands out what [`Pool::gather`] collected (an empty batch when nothing waits).
+    pub fn take(&mut self) -> Batch<'_, RecvEvent> {
+        Batch::drain(&mut self.events)
+    }
+
     /// The batch of what was polled; an error after events is kept for the next call, so no
     /// message is dropped on the way.
     fn finish(&mut self, r: Result<usize>) -> Result<Batch<'_, RecvEvent>> {

@@ -1,0 +1,602 @@
+//! [`Receiver`]: the receive side for the common case, in one object.
+//!
+//! A receiver listens on an IP:port (or a device's RoCE address), accepts gdrx senders (each
+//! announces itself with a [`Hello`]; the receiver answers with a [`Welcome`] naming its buffer
+//! size), keeps one SRQ fed from a [`Pool`] and hands out one stream of [`Event`]s: batches of
+//! leases, peers connected, refused and gone. It owns the PD, the CQs, the SRQ, the pool, the
+//! listener and the connections, and tears them down in the right order when dropped.
+//!
+//! ```no_run
+//! use gdrx_core::receiver::{Event, Receiver};
+//! use gdrx_core::RecvEvent;
+//!
+//! # fn main() -> Result<(), gdrx_core::receiver::ReceiverError> {
+//! # let provider: std::sync::Arc<dyn gdrx_core::Provider> = todo!();
+//! // provider: e.g. Arc::new(gdrx_providers::HostProvider::new())
+//! let mut rx = Receiver::builder("10.0.0.1:7471".parse().unwrap(), provider)
+//!     .slots(64 << 10, 256)
+//!     .build()?;
+//! loop {
+//!     match rx.next(None)? {
+//!         Event::Batch(batch) => {
+//!             for ev in batch {
+//!                 if let RecvEvent::Message(lease) = ev {
+//!                     println!("{} bytes from QP {:#x}", lease.len(), lease.qp_num());
+//!                 } // dropping the lease reposts its buffer
+//!             }
+//!         }
+//!         Event::Gone(peer) => println!("peer {} gone", peer.tag),
+//!         other => println!("{other:?}"),
+//!     }
+//! }
+//! # }
+//! ```
+//!
+//! # Waiting
+//! [`Receiver::next`] is the blocking poll of [`crate::wait`]: it returns as soon as something
+//! happened, or [`Event::Timeout`] once the timeout passed. In event mode it sleeps on one
+//! epoll instance that holds the CQ's completion channel and the RDMA CM channels; that fd
+//! ([`Receiver::as_raw_fd`]) can go into the caller's own epoll loop or tokio's `AsyncFd`
+//! (readable means: call `next(Some(Duration::ZERO))`). In busy mode it spins on the CQ and
+//! looks at the CM channels every millisecond; its fd then signals only connection events.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gdrx_pool::{Batch, Pool, PoolConfig, PoolError, Provider, RecvEvent};
+use gdrx_verbs::{
+    ConnEvent, ConnectRequest, Connection, ConnectionSpec, Cq, Device, Error, Listener, Pd, Srq,
+    SrqConfig,
+};
+use gdrx_wire::{Hello, Welcome};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+const CQ: Token = Token(0);
+const LISTENER: Token = Token(1);
+/// Connection `i` is registered as `Token(CONN_BASE + i)`.
+const CONN_BASE: usize = 2;
+/// How often busy mode looks at the CM channels.
+const BUSY_CM_INTERVAL: Duration = Duration::from_millis(1);
+
+/// What went wrong building or running a [`Receiver`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReceiverError {
+    /// A verbs or RDMA CM call failed.
+    #[error(transparent)]
+    Verbs(#[from] Error),
+    /// The pool refused its configuration or failed.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// The device has no RoCE v2 address to listen on.
+    #[error(
+        "RDMA device `{device}` has no RoCE v2 IP address on port 1: give the receiver an IP \
+         address instead, or configure one on the device's network interface"
+    )]
+    NoAddress {
+        /// The device.
+        device: String,
+    },
+    /// The epoll instance behind [`Receiver::as_raw_fd`] failed.
+    #[error("{op} failed: {source}")]
+    Poll {
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+type Result<T, E = ReceiverError> = std::result::Result<T, E>;
+
+/// A connected sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The `conn_tag` of its [`Hello`].
+    pub tag: u32,
+    /// Its address, when the CM reports one.
+    pub addr: Option<SocketAddr>,
+    /// The local QP number its messages arrive on ([`crate::Lease::qp_num`]).
+    pub qp_num: u32,
+}
+
+/// What [`Receiver::next`] yields.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// What one poll of the pool handed out: messages (leases), failed receives, and the pool
+    /// running out of buffers.
+    Batch(Batch<'a, RecvEvent>),
+    /// A sender was accepted.
+    Connected(PeerInfo),
+    /// A connection request was refused (nothing was set up for it).
+    Refused {
+        /// The requester's address.
+        addr: Option<SocketAddr>,
+        /// Why.
+        reason: String,
+    },
+    /// A sender went away. Every message it sent before is in an earlier batch.
+    Gone(PeerInfo),
+    /// Nothing happened before the timeout.
+    Timeout,
+}
+
+/// Decides whether a sender is accepted: `Err(reason)` refuses it.
+pub type AcceptFn = dyn Fn(&Hello, Option<SocketAddr>) -> Result<(), String> + Send;
+
+/// Builds a [`Receiver`]; see [`Receiver::builder`].
+pub struct ReceiverBuilder {
+    bind: Bind,
+    provider: Arc<dyn Provider>,
+    pool: PoolConfig,
+    event_mode: bool,
+    max_peers: usize,
+    accept: Option<Box<AcceptFn>>,
+}
+
+enum Bind {
+    Addr(SocketAddr),
+    Device(String, u16),
+}
+
+impl fmt::Debug for ReceiverBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReceiverBuilder")
+            .field("pool", &self.pool)
+            .field("event_mode", &self.event_mode)
+            .field("max_peers", &self.max_peers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReceiverBuilder {
+    fn new(bind: Bind, provider: Arc<dyn Provider>) -> ReceiverBuilder {
+        ReceiverBuilder {
+            bind,
+            provider,
+            pool: PoolConfig::named("gdrx-receiver"),
+            event_mode: true,
+            max_peers: 64,
+            accept: None,
+        }
+    }
+
+    /// `count` buffers of `slot_size` bytes (the largest message accepted), in one region.
+    #[must_use]
+    pub fn slots(mut self, slot_size: u32, count: u32) -> Self {
+        self.pool = self.pool.slot_size(slot_size).slots_per_region(count);
+        self
+    }
+
+    /// The whole pool configuration (growth, watermark, batches, header split, ...).
+    #[must_use]
+    pub fn pool(mut self, cfg: PoolConfig) -> Self {
+        self.pool = cfg;
+        self
+    }
+
+    /// Sleep on the completion channel (`true`, the default) or spin on the CQ (`false`).
+    #[must_use]
+    pub fn event_mode(mut self, on: bool) -> Self {
+        self.event_mode = on;
+        self
+    }
+
+    /// Senders connected at once; further requests are refused (default 64).
+    #[must_use]
+    pub fn max_peers(mut self, n: usize) -> Self {
+        self.max_peers = n;
+        self
+    }
+
+    /// A check on each sender's [`Hello`] and address; `Err(reason)` refuses it. Requests whose
+    /// private data is not a gdrx Hello are always refused.
+    #[must_use]
+    pub fn accept_if(
+        mut self,
+        f: impl Fn(&Hello, Option<SocketAddr>) -> Result<(), String> + Send + 'static,
+    ) -> Self {
+        self.accept = Some(Box::new(f));
+        self
+    }
+
+    /// Opens the device, builds the pool and starts listening.
+    ///
+    /// # Errors
+    /// [`ReceiverError::NoAddress`] for a device without a RoCE v2 address; the verbs errors of
+    /// opening, binding and creating queues; the pool's refusals ([`PoolError`]).
+    pub fn build(self) -> Result<Receiver> {
+        let addr = match &self.bind {
+            Bind::Addr(a) => *a,
+            Bind::Device(name, port) => {
+                let dev = Device::open(name)?;
+                let p = dev.require_active_port(1)?;
+                let ip: IpAddr = p
+                    .select_roce_v2_gid(None)
+                    .ok_or_else(|| ReceiverError::NoAddress {
+                        device: name.clone(),
+                    })?
+                    .ip();
+                SocketAddr::new(ip, *port)
+            }
+        };
+        let listener = Listener::bind(addr, 64)?;
+        let dev_name = listener.device_name().ok_or(ReceiverError::NoAddress {
+            device: addr.ip().to_string(),
+        })?;
+        let dev = Device::open(&dev_name)?;
+        let pd = dev.alloc_pd()?;
+        let depth = match self.pool.depth {
+            0 => self.pool.slots_per_region * self.pool.max_regions,
+            d => d,
+        };
+        let cq_depth = depth.saturating_add(64);
+        let cq = if self.event_mode {
+            Cq::with_events(&dev, cq_depth)?
+        } else {
+            Cq::new(&dev, cq_depth)?
+        };
+        let send_cq = Cq::new(&dev, 16)?;
+        let sges = if self.pool.header_split.is_some() {
+            2
+        } else {
+            1
+        };
+        let srq = Srq::new(&pd, SrqConfig::new(depth, sges))?;
+        let provider = self.provider;
+        let header = self.pool.header_split.as_ref().map_or(0, |h| h.bytes);
+        let max_message = self.pool.slot_size.saturating_add(header);
+        let pool = Pool::new(&srq, &cq, provider, self.pool)?;
+
+        let poll = Poll::new().map_err(|source| ReceiverError::Poll {
+            op: "epoll_create",
+            source,
+        })?;
+        let reg = |fd: RawFd, t: Token| {
+            poll.registry()
+                .register(&mut SourceFd(&fd), t, Interest::READABLE)
+                .map_err(|source| ReceiverError::Poll {
+                    op: "epoll_ctl(ADD)",
+                    source,
+                })
+        };
+        if let Some(fd) = cq.event_fd() {
+            reg(fd, CQ)?;
+        }
+        reg(listener.as_raw_fd(), LISTENER)?;
+        let spec = ConnectionSpec::new(&pd, &send_cq, &cq, Some(&srq));
+        Ok(Receiver {
+            peers: Vec::new(),
+            pool,
+            listener,
+            spec,
+            cq,
+            pd,
+            poll,
+            events: Events::with_capacity(64),
+            control: VecDeque::new(),
+            gone: Vec::new(),
+            accept: self.accept,
+            max_peers: self.max_peers,
+            max_message,
+            next_token: CONN_BASE,
+        })
+    }
+}
+
+struct Peer {
+    conn: Connection,
+    info: PeerInfo,
+    token: Token,
+}
+
+/// The receive side in one object; see the [module docs](self). `Send`: build it on one thread
+/// and poll it on another.
+pub struct Receiver {
+    // Field order is drop order: the connections; the spec's hold on the SRQ, so that the pool
+    // holds the last one and destroys the SRQ before its MRs; the pool (its leases keep the
+    // memory); the listener and the rest.
+    peers: Vec<Peer>,
+    /// Holds the send CQ and the SRQ the connections use.
+    spec: ConnectionSpec,
+    pool: Pool,
+    listener: Listener,
+    cq: Arc<Cq>,
+    pd: Arc<Pd>,
+    poll: Poll,
+    events: Events,
+    control: VecDeque<Control>,
+    /// Peers whose disconnect was seen; reported once the pool has nothing left for them.
+    gone: Vec<PeerInfo>,
+    accept: Option<Box<AcceptFn>>,
+    max_peers: usize,
+    max_message: u32,
+    next_token: usize,
+}
+
+enum Control {
+    Connected(PeerInfo),
+    Refused {
+        addr: Option<SocketAddr>,
+        reason: String,
+    },
+    Gone(PeerInfo),
+}
+
+enum Next {
+    Control,
+    Batch,
+    Timeout,
+}
+
+impl fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver")
+            .field("addr", &self.listener.local_addr())
+            .field("peers", &self.peers.len())
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Receiver {
+    /// A builder listening on `addr` (an IP of an RDMA device; port 0 picks one), with
+    /// buffers from `provider` (e.g. gdrx-providers' `HostProvider` or `HugePageProvider`).
+    pub fn builder(addr: SocketAddr, provider: Arc<dyn Provider>) -> ReceiverBuilder {
+        ReceiverBuilder::new(Bind::Addr(addr), provider)
+    }
+
+    /// A builder listening on `port` at the RoCE v2 address of RDMA device `device`.
+    pub fn on_device(
+        device: impl Into<String>,
+        port: u16,
+        provider: Arc<dyn Provider>,
+    ) -> ReceiverBuilder {
+        ReceiverBuilder::new(Bind::Device(device.into(), port), provider)
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr()
+    }
+
+    /// The pool (stats, report, returner).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The PD, for registering the caller's own memory on the same device.
+    pub fn pd(&self) -> &Arc<Pd> {
+        &self.pd
+    }
+
+    /// Senders connected now.
+    pub fn peers(&self) -> impl Iterator<Item = &PeerInfo> {
+        self.peers.iter().map(|p| &p.info)
+    }
+
+    /// The largest message a sender may send (the Welcome's `recv_buf`).
+    pub fn max_message(&self) -> u32 {
+        self.max_message
+    }
+
+    /// Waits up to `timeout` (forever for `None`) for the next event. Connection events come
+    /// in order with the messages: a peer's [`Event::Gone`] follows every batch holding its
+    /// messages.
+    ///
+    /// # Errors
+    /// The pool's errors; RDMA CM errors reading events or accepting; a failed epoll wait.
+    /// Refused senders are events, not errors.
+    pub fn next(&mut self, timeout: Option<Duration>) -> Result<Event<'_>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let next = self.wait(deadline)?;
+        Ok(match next {
+            Next::Batch => Event::Batch(self.pool.take()),
+            Next::Timeout => Event::Timeout,
+            Next::Control => match self.control.pop_front() {
+                Some(Control::Connected(p)) => Event::Connected(p),
+                Some(Control::Refused { addr, reason }) => Event::Refused { addr, reason },
+                Some(Control::Gone(p)) => Event::Gone(p),
+                None => unreachable!("Next::Control with an empty queue"),
+            },
+        })
+    }
+
+    fn wait(&mut self, deadline: Option<Instant>) -> Result<Next> {
+        let mut last_cm: Option<Instant> = None;
+        loop {
+            if !self.control.is_empty() {
+                return Ok(Next::Control);
+            }
+            if self.pool.gather()? > 0 {
+                return Ok(Next::Batch);
+            }
+            // The pool is drained: peers seen leaving can be reported.
+            if !self.gone.is_empty() {
+                let g = std::mem::take(&mut self.gone);
+                self.control.extend(g.into_iter().map(Control::Gone));
+                continue;
+            }
+            let busy = !self.cq.is_event_mode();
+            let cm_due = last_cm.map_or(true, |t| t.elapsed() >= BUSY_CM_INTERVAL);
+            if !busy || cm_due {
+                last_cm = Some(Instant::now());
+                self.check_cm()?;
+                if !self.control.is_empty() || !self.gone.is_empty() {
+                    continue;
+                }
+            }
+            let left = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(l) if !l.is_zero() => Some(l),
+                    _ => return Ok(Next::Timeout),
+                },
+                None => None,
+            };
+            if busy {
+                std::hint::spin_loop();
+                continue;
+            }
+            // Event mode: arm, look once more (a completion before the arm raises no event),
+            // then sleep on the epoll set. Returned leases need reposting while the consumer
+            // holds buffers, so wake up now and then.
+            self.cq.arm()?;
+            if self.pool.gather()? > 0 {
+                return Ok(Next::Batch);
+            }
+            let cap = if self.pool.lent() > 0 {
+                Duration::from_millis(1)
+            } else {
+                Duration::from_millis(100)
+            };
+            let nap = left.map_or(cap, |l| l.min(cap));
+            match self.poll.poll(&mut self.events, Some(nap)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(ReceiverError::Poll {
+                        op: "epoll_wait",
+                        source,
+                    })
+                }
+            }
+            if self.events.iter().any(|e| e.token() == CQ) {
+                while self.cq.take_event()? {}
+            }
+        }
+    }
+
+    /// Accepts or refuses pending requests and notices peers that left.
+    fn check_cm(&mut self) -> Result<()> {
+        while let Some(req) = self.listener.next_request(Some(Duration::ZERO))? {
+            self.on_request(req)?;
+        }
+        let mut i = 0;
+        while i < self.peers.len() {
+            let mut left = false;
+            while let Some(ev) = self.peers[i].conn.poll_event(Some(Duration::ZERO))? {
+                if matches!(ev, ConnEvent::Disconnected | ConnEvent::DeviceRemoval) {
+                    left = true;
+                }
+            }
+            if left {
+                let p = self.peers.swap_remove(i);
+                let fd = p.conn.as_raw_fd();
+                let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+                tracing::info!(tag = p.info.tag, token = p.token.0, "peer gone");
+                self.gone.push(p.info);
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_request(&mut self, req: ConnectRequest) -> Result<()> {
+        let addr = req.peer_addr();
+        let refuse = |req: ConnectRequest, reason: String| -> Result<Control> {
+            tracing::warn!(?addr, "refused: {reason}");
+            req.reject(&[])?;
+            Ok(Control::Refused { addr, reason })
+        };
+        let hello = match Hello::decode(req.private_data()) {
+            Ok(h) => h,
+            Err(e) => {
+                let c = refuse(req, format!("its private data is not a gdrx Hello: {e}"))?;
+                self.control.push_back(c);
+                return Ok(());
+            }
+        };
+        if hello.max_msg > self.max_message {
+            let c = refuse(
+                req,
+                format!(
+                    "the sender will send messages of up to {} bytes, but the receive buffers                      hold {}: give the receiver larger slots",
+                    hello.max_msg, self.max_message
+                ),
+            )?;
+            self.control.push_back(c);
+            return Ok(());
+        }
+        if self.peers.len() >= self.max_peers {
+            let c = refuse(
+                req,
+                format!(
+                    "{} senders are connected already (max_peers)",
+                    self.max_peers
+                ),
+            )?;
+            self.control.push_back(c);
+            return Ok(());
+        }
+        if let Some(f) = &self.accept {
+            if let Err(reason) = f(&hello, addr) {
+                let c = refuse(req, reason)?;
+                self.control.push_back(c);
+                return Ok(());
+            }
+        }
+        let welcome = Welcome {
+            flags: 0,
+            recv_buf: self.max_message,
+            window: None,
+        };
+        let conn = req.accept(&self.spec, &welcome.encode())?;
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        let fd = conn.as_raw_fd();
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&fd), token, Interest::READABLE)
+            .map_err(|source| ReceiverError::Poll {
+                op: "epoll_ctl(ADD)",
+                source,
+            })?;
+        let info = PeerInfo {
+            tag: hello.conn_tag,
+            addr: conn.peer_addr(),
+            qp_num: conn.qp().qp_num(),
+        };
+        self.peers.push(Peer {
+            conn,
+            info: info.clone(),
+            token,
+        });
+        self.control.push_back(Control::Connected(info));
+        Ok(())
+    }
+}
+
+/// The epoll fd holding the CQ channel (event mode) and the CM channels: readable when
+/// [`Receiver::next`] has something to do.
+impl AsRawFd for Receiver {
+    fn as_raw_fd(&self) -> RawFd {
+        self.poll.as_raw_fd()
+    }
+}
+
+// The receiver moves to its polling thread.
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<Receiver>();
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_address_says_what_to_do() {
+        let e = ReceiverError::NoAddress {
+            device: "rxe0".into(),
+        };
+        assert!(e.to_string().contains("give the receiver an IP address"));
+    }
+}
