@@ -28,6 +28,13 @@ cargo test --locked --workspace --all-features
 step "loom: the recycle ring's protocol under the loom model checker"
 RUSTFLAGS="--cfg loom" cargo test --locked -p gdrx-ring --release --target-dir target/loom --test loom
 
+step "lean libraries: gdrx-gpu without its binaries' dependencies"
+cargo build --locked -p gdrx-gpu --no-default-features --features cuda --lib
+if cargo tree --locked -p gdrx-gpu --no-default-features --features cuda -e normal \
+    | grep -E '^[^a-z]*(anyhow|clap|serde_json|tracing-subscriber) '; then
+    echo "gdrx-gpu's library pulls in a binary-only dependency (above)"; exit 1
+fi
+
 step "docs: cargo doc with -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --all-features
 

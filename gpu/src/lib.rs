@@ -49,6 +49,9 @@
 //! ```
 //!
 //! ## Features
+//! - `cli` (on by default): the dependencies of the `gdrx-doctor` and `gdrx-gpu-check`
+//!   binaries (anyhow, clap, serde_json, tracing-subscriber). A library user depends on
+//!   gdrx-gpu with `default-features = false` (plus `cuda`) and gets none of them.
 //! - `cuda` (off by default): the provider, staging, [`GpuPool`] and the GPU part of
 //!   `gdrx-doctor`, on [cudarc](https://crates.io/crates/cudarc) 0.19 with dynamic loading and
 //!   the CUDA 12.8 bindings: the crate builds without CUDA installed, and CUDA 12.x and 13
