@@ -20,7 +20,11 @@
 //! Runnable programs live in [`examples/`](https://github.com/gdrx/gdrx/tree/main/examples)
 //! (crate `gdrx-examples`; the rxe suite runs each against a real sender):
 //! [`receiver.rs`](https://github.com/gdrx/gdrx/blob/main/examples/receiver.rs) is a
-//! [`Receiver`] counting what its senders send.
+//! [`Receiver`] counting what its senders send;
+//! [`srq_receiver.rs`](https://github.com/gdrx/gdrx/blob/main/examples/srq_receiver.rs) does the
+//! same with the verbs by hand (an SRQ, an MR carved into slots, reposting);
+//! [`sender.rs`](https://github.com/gdrx/gdrx/blob/main/examples/sender.rs) connects with a
+//! Hello and sends SEND_WITH_IMM messages.
 //!
 //! ## Quick start: the verbs by hand
 //!

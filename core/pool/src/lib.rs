@@ -32,6 +32,10 @@
 //! memory (and the MRs) alive: a lease dropped after its pool is gone is still valid, and its
 //! return is simply discarded. Receives still posted are discarded with the SRQ (see
 //! `gdrx_verbs::srq`); the SRQ is destroyed before the MRs its receives point into.
+//!
+//! ## Examples
+//! [`examples/receiver.rs`](https://github.com/gdrx/gdrx/blob/main/examples/receiver.rs) runs a
+//! pool through gdrx-core's `Receiver`; the rxe suite runs it against a real sender.
 
 mod batch;
 mod config;

@@ -69,6 +69,12 @@
 //! a slot moves into the posted request and comes back as a lease with the completion, so
 //! safe code never touches memory the NIC owns.
 //!
+//!
+//! ## Examples
+//! [`examples/srq_receiver.rs`](https://github.com/gdrx/gdrx/blob/main/examples/srq_receiver.rs)
+//! (an SRQ fed by hand) and
+//! [`examples/sender.rs`](https://github.com/gdrx/gdrx/blob/main/examples/sender.rs) use this
+//! layer directly; the rxe suite runs them against each other.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 

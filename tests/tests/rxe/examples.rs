@@ -19,8 +19,8 @@ fn example(name: &str) -> std::path::PathBuf {
     )
 }
 
-/// The receiver example, started for `peers` senders: the process (killed if the test fails
-/// early), its address, and its stdout and stderr as they will read once it exits.
+/// A receiving example (`name`, started with `args`): the process (killed if the test fails
+/// early), the address it printed, and its stdout and stderr as they will read once it exits.
 struct RunningReceiver {
     proc: Peer,
     addr: SocketAddr,
@@ -29,14 +29,13 @@ struct RunningReceiver {
 }
 
 impl RunningReceiver {
-    fn start(ip: std::net::IpAddr, peers: u32) -> RunningReceiver {
-        let child = Command::new(example("receiver"))
-            .arg(SocketAddr::new(ip, 0).to_string())
-            .arg(peers.to_string())
+    fn start(name: &str, args: &[String]) -> RunningReceiver {
+        let child = Command::new(example(name))
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawning the receiver example");
+            .unwrap_or_else(|e| panic!("spawning the {name} example: {e}"));
         let mut proc = Peer(child);
         let mut out = BufReader::new(proc.stdout.take().expect("piped stdout"));
         let mut first = String::new();
@@ -98,7 +97,10 @@ fn receiver_example_counts_every_message_of_two_senders() {
         .and_then(|d| d.require_active_port(1))
         .expect("the rxe port")
         .active_mtu;
-    let rx = RunningReceiver::start(env.ip, 2);
+    let rx = RunningReceiver::start(
+        "receiver",
+        &[SocketAddr::new(env.ip, 0).to_string(), "2".into()],
+    );
 
     let plan = Plan {
         dev: env.dev.clone(),
@@ -138,7 +140,10 @@ fn receiver_example_counts_every_message_of_two_senders() {
 #[ignore = "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)"]
 fn sender_example_feeds_the_receiver_example() {
     let env = env();
-    let rx = RunningReceiver::start(env.ip, 1);
+    let rx = RunningReceiver::start(
+        "receiver",
+        &[SocketAddr::new(env.ip, 0).to_string(), "1".into()],
+    );
     let out = Command::new(example("sender"))
         .args([&env.dev, &rx.addr.to_string(), "300", "4096", "7"])
         .output()
@@ -157,4 +162,35 @@ fn sender_example_feeds_the_receiver_example() {
         stderr.contains("tag: 7"),
         "the Hello's tag reached the receiver: {stderr}"
     );
+}
+
+#[test]
+#[ignore = "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)"]
+fn sender_example_feeds_the_raw_srq_receiver_example() {
+    let env = env();
+    // 16 slots for 500 messages: every slot is reposted many times.
+    let rx = RunningReceiver::start(
+        "srq_receiver",
+        &[
+            SocketAddr::new(env.ip, 0).to_string(),
+            "16".into(),
+            "8192".into(),
+        ],
+    );
+    let out = Command::new(example("sender"))
+        .args([&env.dev, &rx.addr.to_string(), "500", "8192", "3"])
+        .output()
+        .expect("running the sender example");
+    assert!(
+        out.status.success(),
+        "sender example: {}; {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "sent 500 messages, 4096000 bytes"
+    );
+    let (last, _) = rx.finish();
+    assert_eq!(last, "received 500 messages, 4096000 bytes from peer 3");
 }
