@@ -80,8 +80,8 @@ pub mod receiver;
 pub use receiver::Receiver;
 
 pub use gdrx_pool::{
-    AllocError, Attempt, Batch, ConfigError, HeaderSplit, Lease, MessageMeta, Pool, PoolConfig,
-    PoolError, PoolReport, PoolStats, RawLease, RecvEvent, RecvQueue, RegistrationPath,
+    AllocError, Attempt, Batch, ConfigError, HeaderSplit, Lease, MessageMeta, Outbox, Pool,
+    PoolConfig, PoolError, PoolReport, PoolStats, RawLease, RecvEvent, RecvQueue, RegistrationPath,
     RegistrationPolicy, Returner, TeardownReport,
 };
 pub use gdrx_pool::{DmabufView, MemoryKind, Provider, ProviderCheck, Region, RegionDesc};

@@ -49,6 +49,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gdrx_pool::{Batch, Pool, PoolConfig, PoolError, Provider, RecvEvent};
+use gdrx_verbs::wait::{wait_for, Waiter};
 use gdrx_verbs::{
     ConnEvent, ConnectRequest, Connection, ConnectionSpec, Cq, Device, Error, Listener, Pd, Srq,
     SrqConfig,
@@ -213,8 +214,8 @@ impl ReceiverBuilder {
     /// [`ReceiverError::NoAddress`] for a device without a RoCE v2 address; the verbs errors of
     /// opening, binding and creating queues; the pool's refusals ([`PoolError`]).
     pub fn build(self) -> Result<Receiver> {
-        let addr = match &self.bind {
-            Bind::Addr(a) => *a,
+        let (addr, opened) = match &self.bind {
+            Bind::Addr(a) => (*a, None),
             Bind::Device(name, port) => {
                 let dev = Device::open(name)?;
                 let p = dev.require_active_port(1)?;
@@ -224,14 +225,18 @@ impl ReceiverBuilder {
                         device: name.clone(),
                     })?
                     .ip();
-                SocketAddr::new(ip, *port)
+                (SocketAddr::new(ip, *port), Some(dev))
             }
         };
         let listener = Listener::bind(addr, 64)?;
         let dev_name = listener.device_name().ok_or(ReceiverError::NoAddress {
             device: addr.ip().to_string(),
         })?;
-        let dev = Device::open(&dev_name)?;
+        // The device the listener is bound to (the one opened for its address, when it is).
+        let dev = match opened {
+            Some(d) if d.name() == dev_name => d,
+            _ => Device::open(&dev_name)?,
+        };
         let pd = dev.alloc_pd()?;
         let depth = match self.pool.depth {
             0 => self.pool.slots_per_region * self.pool.max_regions,
@@ -330,12 +335,6 @@ enum Control {
     Gone(PeerInfo),
 }
 
-enum Next {
-    Control,
-    Batch,
-    Timeout,
-}
-
 impl fmt::Debug for Receiver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Receiver")
@@ -395,82 +394,32 @@ impl Receiver {
     /// The pool's errors; RDMA CM errors reading events or accepting; a failed epoll wait.
     /// Refused senders are events, not errors.
     pub fn next(&mut self, timeout: Option<Duration>) -> Result<Event<'_>> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let next = self.wait(deadline)?;
-        Ok(match next {
-            Next::Batch => Event::Batch(self.pool.take()),
-            Next::Timeout => Event::Timeout,
-            Next::Control => match self.control.pop_front() {
-                Some(Control::Connected(p)) => Event::Connected(p),
-                Some(Control::Refused { addr, reason }) => Event::Refused { addr, reason },
-                Some(Control::Gone(p)) => Event::Gone(p),
-                None => unreachable!("Next::Control with an empty queue"),
-            },
+        let mut w = ReceiverWaiter {
+            rx: self,
+            last_cm: None,
+        };
+        if wait_for(&mut w, timeout)? == 0 {
+            return Ok(Event::Timeout);
+        }
+        // Control events first: they were queued before the batch now waiting was gathered.
+        Ok(match self.control.pop_front() {
+            Some(Control::Connected(p)) => Event::Connected(p),
+            Some(Control::Refused { addr, reason }) => Event::Refused { addr, reason },
+            Some(Control::Gone(p)) => Event::Gone(p),
+            None => Event::Batch(self.pool.take()),
         })
     }
 
-    fn wait(&mut self, deadline: Option<Instant>) -> Result<Next> {
-        let mut last_cm: Option<Instant> = None;
-        loop {
-            if !self.control.is_empty() {
-                return Ok(Next::Control);
-            }
-            if self.pool.gather()? > 0 {
-                return Ok(Next::Batch);
-            }
-            // The pool is drained: peers seen leaving can be reported.
-            if !self.gone.is_empty() {
-                let g = std::mem::take(&mut self.gone);
-                self.control.extend(g.into_iter().map(Control::Gone));
-                continue;
-            }
-            let busy = !self.cq.is_event_mode();
-            let cm_due = last_cm.map_or(true, |t| t.elapsed() >= BUSY_CM_INTERVAL);
-            if !busy || cm_due {
-                last_cm = Some(Instant::now());
-                self.check_cm()?;
-                if !self.control.is_empty() || !self.gone.is_empty() {
-                    continue;
-                }
-            }
-            let left = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(l) if !l.is_zero() => Some(l),
-                    _ => return Ok(Next::Timeout),
-                },
-                None => None,
-            };
-            if busy {
-                std::hint::spin_loop();
-                continue;
-            }
-            // Event mode: arm, look once more (a completion before the arm raises no event),
-            // then sleep on the epoll set. Returned leases need reposting while the consumer
-            // holds buffers, so wake up now and then.
-            self.cq.arm()?;
-            if self.pool.gather()? > 0 {
-                return Ok(Next::Batch);
-            }
-            let cap = if self.pool.lent() > 0 {
-                Duration::from_millis(1)
-            } else {
-                Duration::from_millis(100)
-            };
-            let nap = left.map_or(cap, |l| l.min(cap));
-            match self.poll.poll(&mut self.events, Some(nap)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(ReceiverError::Poll {
-                        op: "epoll_wait",
-                        source,
-                    })
-                }
-            }
-            if self.events.iter().any(|e| e.token() == CQ) {
-                while self.cq.take_event()? {}
-            }
+    /// Moves peers seen leaving to the control queue: only once the pool has nothing left, so
+    /// that a peer's `Gone` follows its last message. Returns the control events waiting.
+    fn report_gone(&mut self) -> Result<usize> {
+        let n = self.pool.gather()?;
+        if n > 0 {
+            return Ok(n);
         }
+        let g = std::mem::take(&mut self.gone);
+        self.control.extend(g.into_iter().map(Control::Gone));
+        Ok(self.control.len())
     }
 
     /// Accepts or refuses pending requests and notices peers that left.
@@ -571,6 +520,85 @@ impl Receiver {
         });
         self.control.push_back(Control::Connected(info));
         Ok(())
+    }
+}
+
+/// [`Receiver::next`]'s attempts and waits, for the one blocking-poll loop of [`crate::wait`].
+struct ReceiverWaiter<'a> {
+    rx: &'a mut Receiver,
+    /// When busy mode last looked at the CM channels.
+    last_cm: Option<Instant>,
+}
+
+impl Waiter for ReceiverWaiter<'_> {
+    type Error = ReceiverError;
+
+    /// Control events waiting, else pool events, else (after looking at the CM channels) what
+    /// that found.
+    fn attempt(&mut self) -> Result<usize> {
+        let rx = &mut *self.rx;
+        if !rx.control.is_empty() {
+            return Ok(rx.control.len());
+        }
+        let n = rx.pool.gather()?;
+        if n > 0 {
+            return Ok(n);
+        }
+        if !rx.gone.is_empty() {
+            return rx.report_gone();
+        }
+        let busy = !rx.cq.is_event_mode();
+        if !busy
+            || self
+                .last_cm
+                .map_or(true, |t| t.elapsed() >= BUSY_CM_INTERVAL)
+        {
+            self.last_cm = Some(Instant::now());
+            rx.check_cm()?;
+            if !rx.control.is_empty() {
+                return Ok(rx.control.len());
+            }
+            if !rx.gone.is_empty() {
+                return rx.report_gone();
+            }
+        }
+        Ok(0)
+    }
+
+    /// Busy mode spins. Event mode arms, looks once more (a completion before the arm raises
+    /// no event), then sleeps on the epoll set; returned leases need reposting while the
+    /// consumer holds buffers, so it wakes up now and then.
+    fn wait(&mut self, left: Option<Duration>) -> Result<usize> {
+        let rx = &mut *self.rx;
+        if !rx.cq.is_event_mode() {
+            std::hint::spin_loop();
+            return Ok(0);
+        }
+        rx.cq.arm()?;
+        let n = rx.pool.gather()?;
+        if n > 0 {
+            return Ok(n);
+        }
+        let cap = if rx.pool.lent() > 0 {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(100)
+        };
+        let nap = left.map_or(cap, |l| l.min(cap));
+        match rx.poll.poll(&mut rx.events, Some(nap)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(ReceiverError::Poll {
+                    op: "epoll_wait",
+                    source,
+                })
+            }
+        }
+        if rx.events.iter().any(|e| e.token() == CQ) {
+            while rx.cq.take_event()? {}
+        }
+        Ok(0)
     }
 }
 

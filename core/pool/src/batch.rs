@@ -48,6 +48,68 @@ impl<T: fmt::Debug> fmt::Debug for Batch<'_, T> {
     }
 }
 
+/// Where a poller gathers the events of its next [`Batch`], with the error that came after
+/// some of them: that error waits for the next call, so the events go out first and none is
+/// dropped. [`crate::Pool`] and gdrx-gpu's `GpuPool` poll through one.
+#[derive(Debug)]
+pub struct Outbox<T, E> {
+    events: Vec<T>,
+    deferred: Option<E>,
+}
+
+impl<T, E> Outbox<T, E> {
+    /// Room for `n` events before it allocates.
+    pub fn with_capacity(n: usize) -> Outbox<T, E> {
+        Outbox {
+            events: Vec::with_capacity(n),
+            deferred: None,
+        }
+    }
+
+    /// Adds an event to the next batch.
+    pub fn push(&mut self, event: T) {
+        self.events.push(event);
+    }
+
+    /// Events waiting.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// True when no event waits.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// The error kept by an earlier [`Outbox::settle`], if any: a poll starts with this.
+    ///
+    /// # Errors
+    /// That error.
+    pub fn take_deferred(&mut self) -> Result<(), E> {
+        self.deferred.take().map_or(Ok(()), Err)
+    }
+
+    /// Settles a gathering step: an error with no event waiting is returned now; an error
+    /// after events is kept for the next call. Returns the events waiting.
+    ///
+    /// # Errors
+    /// `r`'s error, when no event waits.
+    pub fn settle(&mut self, r: Result<usize, E>) -> Result<usize, E> {
+        if let Err(e) = r {
+            if self.events.is_empty() {
+                return Err(e);
+            }
+            self.deferred = Some(e);
+        }
+        Ok(self.events.len())
+    }
+
+    /// Hands out everything waiting.
+    pub fn batch(&mut self) -> Batch<'_, T> {
+        Batch::drain(&mut self.events)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +140,24 @@ mod tests {
         assert_eq!(Rc::strong_count(&token), 2);
         drop(first);
         assert_eq!(Rc::strong_count(&token), 1);
+    }
+
+    #[test]
+    fn an_error_after_events_waits_for_the_next_call() {
+        let mut o: Outbox<u32, &str> = Outbox::with_capacity(4);
+        // Nothing gathered: the error is returned at once.
+        assert_eq!(o.settle(Err("cq")), Err("cq"));
+        assert_eq!(o.take_deferred(), Ok(()));
+        // Events first, then the error.
+        o.push(1);
+        o.push(2);
+        assert_eq!(o.settle(Err("post")), Ok(2));
+        assert_eq!(o.batch().collect::<Vec<_>>(), [1, 2]);
+        assert!(o.is_empty());
+        assert_eq!(o.take_deferred(), Err("post"));
+        assert_eq!(o.take_deferred(), Ok(()));
+        o.push(3);
+        assert_eq!(o.settle(Ok(1)), Ok(1));
+        assert_eq!(o.len(), 1);
     }
 }

@@ -51,7 +51,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use batch::Batch;
+pub use batch::{Batch, Outbox};
 pub use config::{HeaderSplit, PoolConfig, RegistrationPath, RegistrationPolicy};
 pub use exec::RecvQueue;
 pub use gdrx_ring::{RejectCounts, ReturnError, SlotCounts, SlotState};
@@ -100,10 +100,8 @@ pub struct Pool {
     state: PoolState,
     exec: Exec,
     wcs: Vec<WorkCompletion>,
-    /// What the current poll hands out.
-    events: Vec<RecvEvent>,
-    /// An error that came after messages were polled, returned by the next poll.
-    deferred: Option<PoolError>,
+    /// What the current poll hands out, and an error that came after it.
+    out: Outbox<RecvEvent, PoolError>,
     grow_error: Option<String>,
     closed: bool,
 }
@@ -257,8 +255,7 @@ impl Pool {
             state: PoolState::new(geo),
             exec,
             wcs: WorkCompletion::buffer(geo.poll_batch as usize),
-            events: Vec::with_capacity(geo.poll_batch as usize + 1),
-            deferred: None,
+            out: Outbox::with_capacity(geo.poll_batch as usize + 1),
             grow_error: None,
             closed: false,
         };
@@ -310,11 +307,8 @@ impl Pool {
     /// the pool goes on with the slots it has). When the error comes after messages were
     /// polled, those messages are returned first and the error by the next call.
     pub fn poll(&mut self) -> Result<Batch<'_, RecvEvent>> {
-        if let Some(e) = self.deferred.take() {
-            return Err(e);
-        }
-        let r = self.poll_into();
-        self.finish(r)
+        self.gather()?;
+        Ok(self.out.batch())
     }
 
     /// Blocking poll (one meaning across gdrx, see [`gdrx_verbs::wait`]): like
@@ -326,15 +320,14 @@ impl Pool {
     /// # Errors
     /// As [`Pool::poll`], [`Cq::arm`] and [`Cq::wait_event`].
     pub fn poll_blocking(&mut self, timeout: Option<Duration>) -> Result<Batch<'_, RecvEvent>> {
-        if let Some(e) = self.deferred.take() {
-            return Err(e);
-        }
+        self.out.take_deferred()?;
         let mut w = PoolWaiter {
             pool: self,
             backoff: MIN_RETURN_BACKOFF,
         };
         let r = wait_for(&mut w, timeout);
-        self.finish(r)
+        self.out.settle(r)?;
+        Ok(self.out.batch())
     }
 
     /// Polls like [`Pool::poll`] but keeps what it found for the next [`Pool::take`] (or
@@ -344,44 +337,24 @@ impl Pool {
     /// # Errors
     /// As [`Pool::poll`] (an error after events is returned by the next call).
     pub fn gather(&mut self) -> Result<usize> {
-        if let Some(e) = self.deferred.take() {
-            return Err(e);
-        }
-        match self.poll_into() {
-            Ok(_) => Ok(self.events.len()),
-            Err(e) if self.events.is_empty() => Err(e),
-            Err(e) => {
-                self.deferred = Some(e);
-                Ok(self.events.len())
-            }
-        }
+        self.out.take_deferred()?;
+        let r = self.poll_into();
+        self.out.settle(r)
     }
 
     /// Hands out what [`Pool::gather`] collected (an empty batch when nothing waits).
     pub fn take(&mut self) -> Batch<'_, RecvEvent> {
-        Batch::drain(&mut self.events)
+        self.out.batch()
     }
 
-    /// The batch of what was polled; an error after events is kept for the next call, so no
-    /// message is dropped on the way.
-    fn finish(&mut self, r: Result<usize>) -> Result<Batch<'_, RecvEvent>> {
-        if let Err(e) = r {
-            if self.events.is_empty() {
-                return Err(e);
-            }
-            self.deferred = Some(e);
-        }
-        Ok(Batch::drain(&mut self.events))
-    }
-
-    /// One non-blocking poll into `self.events`; returns the events added.
+    /// One non-blocking poll into `self.out`; returns the events added.
     fn poll_into(&mut self) -> Result<usize> {
-        let before = self.events.len();
+        let before = self.out.len();
         self.drain_returns();
         self.refill(false)?;
         if let Some(lent) = self.state.check_exhausted() {
             self.exec.metrics.empty_events.increment(1);
-            self.events.push(RecvEvent::Exhausted { lent });
+            self.out.push(RecvEvent::Exhausted { lent });
         }
         let n = self.cq.poll(&mut self.wcs)?;
         for i in 0..n {
@@ -396,7 +369,7 @@ impl Pool {
         m.free.set(f64::from(self.state.free()));
         m.posted.set(f64::from(self.state.posted()));
         m.lent.set(f64::from(self.state.lent()));
-        Ok(self.events.len() - before)
+        Ok(self.out.len() - before)
     }
 
     fn complete(&mut self, wc: &WorkCompletion) {
@@ -423,7 +396,7 @@ impl Pool {
                     qp_num: wc.qp_num(),
                     src_qp: wc.src_qp(),
                 };
-                self.events.push(RecvEvent::Message(Lease::new(
+                self.out.push(RecvEvent::Message(Lease::new(
                     Arc::clone(&self.shared),
                     slot,
                     gen,
@@ -432,7 +405,7 @@ impl Pool {
             }
             (Verdict::Failed, Err(e)) => {
                 self.exec.metrics.completion_errors.increment(1);
-                self.events.push(RecvEvent::Failed(e));
+                self.out.push(RecvEvent::Failed(e));
             }
             (Verdict::Failed, Ok(())) => unreachable!("a successful completion never fails"),
             (Verdict::Foreign, _) => {

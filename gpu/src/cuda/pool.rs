@@ -10,7 +10,7 @@ use cudarc::driver::sys;
 use cudarc::driver::CudaEvent;
 use gdrx_core::wait::{wait_for, Waiter};
 use gdrx_core::{
-    Batch, Cq, Lease, Pd, Pool, PoolConfig, PoolReport, Provider, QueuePair, RecvEvent,
+    Batch, Cq, Lease, Outbox, Pd, Pool, PoolConfig, PoolReport, Provider, QueuePair, RecvEvent,
     RegistrationPolicy, Srq, WcError,
 };
 use gdrx_providers::HostProvider;
@@ -142,10 +142,8 @@ pub struct GpuPool {
     scratch: Vec<(Slot, Vec<CudaEvent>)>,
     /// What the receive pool handed out, before the visibility flush.
     recv: Vec<RecvEvent>,
-    /// What the current poll hands out.
-    out: Vec<GpuEvent>,
-    /// An error that came after events were gathered, returned by the next poll.
-    deferred: Option<GpuError>,
+    /// What the current poll hands out, and an error that came after it.
+    out: Outbox<GpuEvent, GpuError>,
     flushes: u64,
     flush_counter: metrics::Counter,
 }
@@ -291,8 +289,7 @@ impl GpuPool {
             gate: Gate::new(gpu.context()),
             scratch: Vec::new(),
             recv: Vec::with_capacity(cfg.pool.poll_batch as usize + 1),
-            out: Vec::with_capacity(cfg.pool.poll_batch as usize + 1),
-            deferred: None,
+            out: Outbox::with_capacity(cfg.pool.poll_batch as usize + 1),
             flushes: 0,
             flush_counter,
         })
@@ -427,11 +424,10 @@ impl GpuPool {
     /// error comes after events were gathered, they are returned first and the error by the
     /// next call; messages waiting for a failed flush are handed out once a flush succeeds.
     pub fn poll(&mut self) -> Result<Batch<'_, GpuEvent>> {
-        if let Some(e) = self.deferred.take() {
-            return Err(e);
-        }
+        self.out.take_deferred()?;
         let r = self.poll_into();
-        self.finish(r)
+        self.out.settle(r)?;
+        Ok(self.out.batch())
     }
 
     /// Blocking poll (one meaning across gdrx, see [`gdrx_core::wait`]): like
@@ -441,21 +437,10 @@ impl GpuPool {
     /// # Errors
     /// As [`GpuPool::poll`].
     pub fn poll_blocking(&mut self, timeout: Option<Duration>) -> Result<Batch<'_, GpuEvent>> {
-        if let Some(e) = self.deferred.take() {
-            return Err(e);
-        }
+        self.out.take_deferred()?;
         let r = wait_for(&mut GpuWaiter { pool: self }, timeout);
-        self.finish(r)
-    }
-
-    fn finish(&mut self, r: Result<usize>) -> Result<Batch<'_, GpuEvent>> {
-        if let Err(e) = r {
-            if self.out.is_empty() {
-                return Err(e);
-            }
-            self.deferred = Some(e);
-        }
-        Ok(Batch::drain(&mut self.out))
+        self.out.settle(r)?;
+        Ok(self.out.batch())
     }
 
     /// One non-blocking poll into `self.out`; returns the events added.
