@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use gdrx_core::cm::{Admission, Gather};
 use gdrx_core::wire::Welcome;
 use gdrx_core::{
     Access, ConnEvent, Connection, ConnectionSpec, Cq, Device, HostMemory, Lease, Listener, Mr, Pd,
@@ -34,7 +35,11 @@ use crate::opts::{Hold, Op, OutOpts, ProviderKind, RecvOpts};
 use crate::proto::{self, RunSpec};
 use crate::report::{self, Peak, Progress, RecvRow};
 
-/// How long a run may go without a completion before it is abandoned.
+/// The prefix of the reply a refused request gets (`gdrx-bench: <reason>`).
+const REPLY_PREFIX: &str = "gdrx-bench";
+
+/// How long a run may go without a completion before it is abandoned (and how long its
+/// connections may take to arrive).
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The receiving side: a device, a PD and a listener; it serves runs one after another.
@@ -98,26 +103,28 @@ impl Receiver {
                 );
             };
             let spec = match RunSpec::decode(req.private_data()) {
-                Ok(s) => s,
+                Ok(s) if s.conn == 0 => s,
+                Ok(s) => {
+                    let _ = req.refuse(
+                        REPLY_PREFIX,
+                        format!(
+                            "out of order: a run starts with connection 0, this is connection {}",
+                            s.conn
+                        ),
+                    );
+                    continue;
+                }
                 Err(e) => {
-                    tracing::warn!(peer = ?req.peer_addr(), error = %e, "rejecting a connection request");
-                    let _ = req.reject(b"gdrx-bench: not a benchmark run");
+                    let _ = req.refuse(REPLY_PREFIX, format!("not a benchmark run: {e}"));
                     continue;
                 }
             };
-            if spec.conn != 0 {
-                tracing::warn!(
-                    ?spec,
-                    "a run's first request must be connection 0; rejecting"
-                );
-                let _ = req.reject(b"gdrx-bench: out of order");
-                continue;
-            }
             let run = match Run::setup(self, &spec) {
                 Ok(r) => r,
                 Err(e) => {
-                    let _ = req.reject(b"gdrx-bench: receiver setup failed");
-                    return Err(e.context(format!("setting up the {} B run", spec.size)));
+                    let e = e.context(format!("setting up the {} B run", spec.size));
+                    let _ = req.refuse(REPLY_PREFIX, format!("receiver setup failed: {e:#}"));
+                    return Err(e);
                 }
             };
             let row = run
@@ -238,48 +245,25 @@ impl Run {
                 max_send_wr: 4,
                 ..QpConfig::default()
             });
-        let mut conns: Vec<Connection> = Vec::with_capacity(usize::from(spec.qps));
-        let mut req = Some(first);
-        while conns.len() < usize::from(spec.qps) {
-            let r = match req.take() {
-                Some(r) => r,
-                None => rx
-                    .listener
-                    .next_request(Some(Duration::from_secs(60)))?
-                    .with_context(|| {
-                        format!(
-                            "only {} of {} connections of the run arrived",
-                            conns.len(),
-                            spec.qps
-                        )
-                    })?,
-            };
-            let this = match RunSpec::decode(r.private_data()) {
-                Ok(s) if s.same_run(spec) && usize::from(s.conn) == conns.len() => s,
-                other => {
-                    tracing::warn!(
-                        ?other,
-                        "a request that does not belong to this run; rejecting"
-                    );
-                    let _ = r.reject(b"gdrx-bench: another run is in progress");
-                    continue;
-                }
-            };
-            let per = self.window_slots * u64::from(spec.size);
-            let window = match &self.window {
-                Some((_, mr)) => Some(
-                    mr.remote_window(u64::from(this.conn) * per, per)
-                        .context("the WRITE window of a connection")?,
-                ),
-                None => None,
-            };
-            let welcome = Welcome {
-                flags: 0,
-                recv_buf: spec.size,
-                window,
-            };
-            conns.push(r.accept(&cspec, &welcome.encode())?);
+        let want = usize::from(spec.qps);
+        let mut run: Gather<u16> = Gather::new();
+        let first_admission = self.admission(first.private_data(), spec, 0)?;
+        run.admit(first, &cspec, first_admission)?;
+        let gathered = run.collect::<anyhow::Error>(
+            &mut rx.listener,
+            &cspec,
+            Instant::now() + STALL_TIMEOUT,
+            |g| g.accepted.len() >= want,
+            |req, g| self.admission(req.private_data(), spec, g.accepted.len()),
+            |_| Ok(()),
+        );
+        if let Err(e) = gathered {
+            bail!(
+                "only {} of {want} connections of the run arrived: {e:#}",
+                run.accepted.len()
+            );
         }
+        let mut conns: Vec<Connection> = run.accepted.into_iter().map(|(c, _)| c).collect();
         let row = self.measure(&rx.dev, &mut conns, spec, &rx.opts, out);
         for c in &mut conns {
             let _ = c.disconnect();
@@ -288,6 +272,55 @@ impl Run {
         let teardown = self.pool.close();
         tracing::debug!("{teardown}");
         row
+    }
+
+    /// Decides about a request of the run `spec` whose next connection is `next`: connection
+    /// `next` of this run is accepted with its WRITE window; anything else is refused (one run
+    /// at a time).
+    fn admission(
+        &self,
+        private: &[u8],
+        spec: &RunSpec,
+        next: usize,
+    ) -> anyhow::Result<Admission<u16>> {
+        let this = match RunSpec::decode(private) {
+            Ok(s) if s.same_run(spec) && usize::from(s.conn) == next => s,
+            Ok(s) if s.same_run(spec) => {
+                return Ok(Admission::refuse(
+                    REPLY_PREFIX,
+                    format!("out of order: expected connection {next}, got {}", s.conn),
+                ))
+            }
+            Ok(_) => {
+                return Ok(Admission::refuse(
+                    REPLY_PREFIX,
+                    "another run is in progress",
+                ))
+            }
+            Err(e) => {
+                return Ok(Admission::refuse(
+                    REPLY_PREFIX,
+                    format!("not a benchmark run: {e}"),
+                ))
+            }
+        };
+        let per = self.window_slots * u64::from(spec.size);
+        let window = match &self.window {
+            Some((_, mr)) => Some(
+                mr.remote_window(u64::from(this.conn) * per, per)
+                    .context("the WRITE window of a connection")?,
+            ),
+            None => None,
+        };
+        let welcome = Welcome {
+            flags: 0,
+            recv_buf: spec.size,
+            window,
+        };
+        Ok(Admission::Accept {
+            reply: welcome.encode().to_vec(),
+            peer: this.conn,
+        })
     }
 
     fn measure(

@@ -76,6 +76,7 @@ pub use gdrx_pool::provider;
 pub use gdrx_verbs::{cm, cq, device, error, event, mem, mr, pd, qp, srq, wait, wr};
 pub use gdrx_wire as wire;
 
+pub mod accept;
 pub mod receiver;
 pub use receiver::Receiver;
 

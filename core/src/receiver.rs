@@ -1,7 +1,7 @@
 //! [`Receiver`]: the receive side for the common case, in one object.
 //!
 //! A receiver listens on an IP:port (or a device's RoCE address), accepts gdrx senders (each
-//! announces itself with a [`Hello`]; the receiver answers with a [`Welcome`] naming its buffer
+//! announces itself with a [`Hello`]; the receiver answers with a [`Welcome`](gdrx_wire::Welcome) naming its buffer
 //! size), keeps one SRQ fed from a [`Pool`] and hands out one stream of [`Event`]s: batches of
 //! leases, peers connected, refused and gone. It owns the PD, the CQs, the SRQ, the pool, the
 //! listener and the connections, and tears them down in the right order when dropped.
@@ -49,12 +49,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gdrx_pool::{Batch, Pool, PoolConfig, PoolError, Provider, RecvEvent};
+use gdrx_verbs::cm::{Admitted, Refusal};
 use gdrx_verbs::wait::{wait_for, Waiter};
 use gdrx_verbs::{
     ConnEvent, ConnectRequest, Connection, ConnectionSpec, Cq, Device, Error, Listener, Pd, Srq,
     SrqConfig,
 };
-use gdrx_wire::{Hello, Welcome};
+use gdrx_wire::Hello;
+
+use crate::accept::admit_hello;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
@@ -449,55 +452,27 @@ impl Receiver {
     }
 
     fn on_request(&mut self, req: ConnectRequest) -> Result<()> {
+        let (max_peers, connected) = (self.max_peers, self.peers.len());
         let addr = req.peer_addr();
-        let refuse = |req: ConnectRequest, reason: String| -> Result<Control> {
-            tracing::warn!(?addr, "refused: {reason}");
-            req.reject(&[])?;
-            Ok(Control::Refused { addr, reason })
-        };
-        let hello = match Hello::decode(req.private_data()) {
-            Ok(h) => h,
-            Err(e) => {
-                let c = refuse(req, format!("its private data is not a gdrx Hello: {e}"))?;
-                self.control.push_back(c);
+        let accept = &self.accept;
+        let admission = admit_hello(req.private_data(), self.max_message, |hello| {
+            if connected >= max_peers {
+                return Err(format!(
+                    "{max_peers} senders are connected already (max_peers)"
+                ));
+            }
+            if let Some(f) = accept {
+                f(hello, addr)?;
+            }
+            Ok(None)
+        });
+        let (conn, hello) = match req.admit(&self.spec, admission)? {
+            Admitted::Accepted(conn, hello) => (conn, hello),
+            Admitted::Refused(Refusal { addr, reason }) => {
+                self.control.push_back(Control::Refused { addr, reason });
                 return Ok(());
             }
         };
-        if hello.max_msg > self.max_message {
-            let c = refuse(
-                req,
-                format!(
-                    "the sender will send messages of up to {} bytes, but the receive buffers                      hold {}: give the receiver larger slots",
-                    hello.max_msg, self.max_message
-                ),
-            )?;
-            self.control.push_back(c);
-            return Ok(());
-        }
-        if self.peers.len() >= self.max_peers {
-            let c = refuse(
-                req,
-                format!(
-                    "{} senders are connected already (max_peers)",
-                    self.max_peers
-                ),
-            )?;
-            self.control.push_back(c);
-            return Ok(());
-        }
-        if let Some(f) = &self.accept {
-            if let Err(reason) = f(&hello, addr) {
-                let c = refuse(req, reason)?;
-                self.control.push_back(c);
-                return Ok(());
-            }
-        }
-        let welcome = Welcome {
-            flags: 0,
-            recv_buf: self.max_message,
-            window: None,
-        };
-        let conn = req.accept(&self.spec, &welcome.encode())?;
         let token = Token(self.next_token);
         self.next_token += 1;
         let fd = conn.as_raw_fd();

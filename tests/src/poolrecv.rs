@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use gdrx_core::wire::{Hello, Welcome};
+use gdrx_core::accept::admit_hello;
+use gdrx_core::cm::Gather;
+use gdrx_core::wire::Hello;
 use gdrx_core::{
     ConnectionSpec, Cq, Error, Lease, Listener, Pool, PoolConfig, PoolReport, PoolStats, Provider,
     RecvEvent, Srq, SrqConfig, TeardownReport, WcError,
@@ -332,40 +334,39 @@ pub fn run_pool(
         spec.qp.max_recv_wr = depth;
         spec.qp.max_recv_sge = sges;
     }
+    let want = t.conns as usize;
+    let mut gather: Gather<Hello> = Gather::new();
+    let collected = gather.collect::<anyhow::Error>(
+        &mut listener,
+        &spec,
+        Instant::now() + Duration::from_secs(120),
+        |g| g.decided() >= want,
+        |req, _| Ok(admit_hello(req.private_data(), max_msg, |_| Ok(None))),
+        |_| match child.try_wait()? {
+            Some(st) => bail!(
+                "sender exited ({st}) while connecting: {}",
+                drain(&mut child)
+            ),
+            None => Ok(()),
+        },
+    );
+    if let Err(e) = collected {
+        bail!(
+            "only {} of {want} connections arrived: {e:#}; sender: {}",
+            gather.accepted.len(),
+            drain(&mut child)
+        );
+    }
+    if let Some(r) = gather.refused.first() {
+        bail!("the test sender's connection was refused: {}", r.reason);
+    }
     let mut conns = Vec::new();
     let mut by_qp: HashMap<u32, (u32, u32)> = HashMap::new();
-    let accept_deadline = Instant::now() + Duration::from_secs(120);
-    while (conns.len() as u32) < t.conns {
-        let left = accept_deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            bail!(
-                "only {} of {} connections arrived: {}",
-                conns.len(),
-                t.conns,
-                drain(&mut child)
-            );
-        }
-        let Some(req) = listener.next_request(Some(left.min(Duration::from_secs(1))))? else {
-            if let Some(st) = child.try_wait()? {
-                bail!(
-                    "sender exited ({st}) while connecting: {}",
-                    drain(&mut child)
-                );
-            }
-            continue;
-        };
-        let hello = Hello::decode(req.private_data())
-            .map_err(|e| gdrx_core::Error::malformed("connect request private data", e))?;
-        let welcome = Welcome {
-            flags: 0,
-            recv_buf: max_msg,
-            window: None,
-        };
-        let conn = req.accept(&spec, &welcome.encode())?;
+    for (conn, hello) in gather.accepted {
         by_qp.insert(conn.qp().qp_num(), (hello.conn_tag, 0));
         if pool.is_none() {
-            // QP mode: the pool fills this connection's own receive queue (the sender retries
-            // on RNR until it has).
+            // QP mode (one connection): the pool fills the connection's own receive queue (the
+            // sender retries on RNR until it has).
             let qp = conn.shared_qp();
             pool = Some(Pool::for_qp(
                 &qp,

@@ -11,10 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use gdrx_core::wire::{Hello, Welcome};
+use gdrx_core::accept::admit_hello;
+use gdrx_core::cm::Gather;
+use gdrx_core::wire::Hello;
 use gdrx_core::{
-    Access, ConnectionSpec, Cq, Device, Error, HostMemory, Listener, Mr, RecvBatch, Sge, Srq,
-    SrqConfig, WcError, WcOpcode, WorkCompletion,
+    Access, ConnectionSpec, Cq, Device, HostMemory, Listener, Mr, RecvBatch, Sge, Srq, SrqConfig,
+    WcError, WcOpcode, WorkCompletion,
 };
 
 use crate::frame::{self, SizeClass};
@@ -326,48 +328,42 @@ pub fn run_two_process(
         ..Default::default()
     };
     let spec = ConnectionSpec::new(&pd, &cq, &cq, Some(&srq));
+    let want_requests =
+        (total_conns + u32::from(cfg.bad_hello) + u32::from(doomed.is_some())) as usize;
+    let mut gather: Gather<Hello> = Gather::new();
+    let collected = gather.collect::<anyhow::Error>(
+        &mut listener,
+        &spec,
+        Instant::now() + Duration::from_secs(120),
+        // A refused malformed Hello is one of the requests expected.
+        |g| g.decided() >= want_requests,
+        |req, _| {
+            Ok(admit_hello(req.private_data(), cfg.slot_size, |hello| {
+                Ok(window_mr.as_ref().and_then(|mr| {
+                    mr.remote_window(u64::from(hello.conn_tag) * per_conn_window, per_conn_window)
+                }))
+            }))
+        },
+        |_| match child.try_wait()? {
+            Some(st) => bail!(
+                "sender exited ({st}) while connecting: {}",
+                drain(&mut child)
+            ),
+            None => Ok(()),
+        },
+    );
+    if let Err(e) = collected {
+        let _ = child.kill();
+        bail!(
+            "{} of {want_requests} connection requests arrived: {e:#}; sender: {}",
+            gather.decided(),
+            drain(&mut child)
+        );
+    }
+    report.rejected = gather.refused.into_iter().map(|r| r.reason).collect();
     let mut conns = Vec::new();
     let mut by_qp: HashMap<u32, ConnState> = HashMap::new();
-    let accept_deadline = Instant::now() + Duration::from_secs(120);
-    let want_requests = total_conns + u32::from(cfg.bad_hello) + u32::from(doomed.is_some());
-    let mut got_requests = 0;
-    while got_requests < want_requests {
-        let left = accept_deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            let _ = child.kill();
-            bail!(
-                "only {got_requests} of {want_requests} connection requests arrived; sender: {}",
-                drain(&mut child)
-            );
-        }
-        let Some(req) = listener.next_request(Some(left.min(Duration::from_secs(1))))? else {
-            if let Some(st) = child.try_wait()? {
-                bail!(
-                    "sender exited ({st}) while connecting: {}",
-                    drain(&mut child)
-                );
-            }
-            continue;
-        };
-        got_requests += 1;
-        let hello = match Hello::decode(req.private_data()) {
-            Ok(h) => h,
-            Err(e) => {
-                let err = Error::malformed("connect request private data", e);
-                report.rejected.push(err.to_string());
-                req.reject(b"gdrx: malformed hello")?;
-                continue;
-            }
-        };
-        let window = window_mr.as_ref().and_then(|mr| {
-            mr.remote_window(u64::from(hello.conn_tag) * per_conn_window, per_conn_window)
-        });
-        let welcome = Welcome {
-            flags: 0,
-            recv_buf: cfg.slot_size,
-            window,
-        };
-        let conn = req.accept(&spec, &welcome.encode())?;
+    for (conn, hello) in gather.accepted {
         let is_doomed = hello.conn_tag == DOOMED_TAG && doomed.is_some();
         let expect = if is_doomed {
             0

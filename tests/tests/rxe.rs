@@ -313,6 +313,10 @@ fn oversize_message_is_a_typed_error_and_other_connections_go_on() {
         bh.contains("REJECTED"),
         "sender got a typed rejection: {bh}"
     );
+    assert!(
+        bh.contains("the peer said: gdrx: malformed hello"),
+        "the receiver's reason reached the sender: {bh}"
+    );
     println!(
         "malformed hello: receiver said `{}`; sender saw `{bh}`",
         r.rejected[0]

@@ -134,7 +134,11 @@ pub enum Error {
     },
 
     /// Connection establishment failed on an RDMA CM event.
-    #[error("connection {peer}: {what} (RDMA CM event {event}, status {status}){}", hint_suffix(.hint))]
+    #[error(
+        "connection {peer}: {what} (RDMA CM event {event}, status {status}){}{}",
+        reply_suffix(.reply),
+        hint_suffix(.hint)
+    )]
     Connection {
         /// The peer address, or `?` when unknown.
         peer: String,
@@ -146,6 +150,9 @@ pub enum Error {
         status: i32,
         /// What to do about it, when known.
         hint: Option<&'static str>,
+        /// What the peer said in its reject's private data, when it said anything (a gdrx
+        /// receiver says why it refused).
+        reply: Option<String>,
     },
 
     /// A connection arrived on (or resolved to) a device other than the one the PD lives on.
@@ -307,6 +314,13 @@ fn list_or_none(v: &[String]) -> String {
 fn hint_suffix(h: &Option<&'static str>) -> String {
     match h {
         Some(h) => format!("; {h}"),
+        None => String::new(),
+    }
+}
+
+fn reply_suffix(r: &Option<String>) -> String {
+    match r {
+        Some(r) => format!("; the peer said: {r}"),
         None => String::new(),
     }
 }

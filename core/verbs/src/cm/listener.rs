@@ -106,6 +106,7 @@ impl Listener {
                         event: "DEVICE_REMOVAL",
                         status: e.status(),
                         hint: None,
+                        reply: None,
                     });
                 }
                 continue;

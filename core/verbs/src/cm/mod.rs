@@ -13,11 +13,13 @@
 //! its own fd and never block the listener. [`Connection`] moves its QP to the error state and
 //! disconnects on drop; outstanding send work requests then complete with `WrFlush`.
 
+mod accept;
 mod address;
 mod connect;
 mod listener;
 mod raw;
 
+pub use accept::{Admission, Admitted, Gather, Refusal, IDLE_TICK};
 pub use connect::{connect, ConnEvent, Connection};
 pub use listener::{ConnectRequest, Listener};
 

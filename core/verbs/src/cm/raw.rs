@@ -309,19 +309,51 @@ pub(crate) fn wait_for(
             );
             continue;
         }
+        let reply = if kind == ev::RDMA_CM_EVENT_REJECTED {
+            reject_reply(&e.private_data())
+        } else {
+            None
+        };
         return Err(Error::Connection {
             peer: peer.to_owned(),
             what,
             event: event_name(kind),
             status: e.status(),
             hint: event_hint(kind, e.status()),
+            reply,
         });
     }
+}
+
+/// The text a peer put in its reject's private data: the bytes before the NUL padding, when
+/// they are printable text (a gdrx receiver writes why it refused; other peers may send binary
+/// data, shown as nothing rather than garbage).
+pub(crate) fn reject_reply(private: &[u8]) -> Option<String> {
+    let end = private.iter().rposition(|&b| b != 0)? + 1;
+    let text = std::str::from_utf8(&private[..end]).ok()?;
+    if text.chars().any(|c| c.is_control()) {
+        return None;
+    }
+    Some(text.to_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reject_reply_is_the_text_before_the_padding() {
+        let mut data = b"gdrx: malformed hello".to_vec();
+        data.resize(148, 0);
+        assert_eq!(
+            reject_reply(&data).as_deref(),
+            Some("gdrx: malformed hello")
+        );
+        assert_eq!(reject_reply(&[0; 148]), None, "nothing said");
+        assert_eq!(reject_reply(&[]), None);
+        assert_eq!(reject_reply(&[0xff, 0xfe, 0, 0]), None, "not text");
+        assert_eq!(reject_reply(&[1, 2, 3, 0]), None, "binary");
+    }
 
     #[test]
     fn event_names_and_hints() {
