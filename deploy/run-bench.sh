@@ -7,6 +7,10 @@
 #                                             # 3 runs per size and tool, medians and ratios
 #   deploy/run-bench.sh --sizes 4096 -n 5000 --op write-imm -c 2 --hold exp:50us
 #   deploy/run-bench.sh loopback -a -n 2000   # another gdrx-bench mode
+#   deploy/run-bench.sh python [--sizes 64,4096,65536 --iters 20000 --reps 3]
+#                                             # the Python consumer (gdrx.Receiver + numpy)
+#                                             # against the Rust one and a TCP socket, and the
+#                                             # binding's per-message overhead
 #
 # Arguments are those of `gdrx-bench compare` (see `gdrx-bench compare --help`), or a mode name
 # and its arguments. The table is also written to target/testbed/bench.txt; compare writes the
@@ -15,6 +19,16 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 deploy/install-deps.sh
 cargo build --locked --release -p gdrx-bench
+if [ "${1:-}" = python ]; then
+    shift
+    venv=$(deploy/python-env.sh)
+    mkdir -p target/testbed
+    # The guest writes only under GDRX_OUT (target/testbed).
+    deploy/testbed.sh -- "$venv/bin/python" python/bench/consumer_bench.py \
+        --bench target/release/gdrx-bench --json target/testbed/python-bench.json "$@" \
+        | tee target/testbed/python-bench.txt
+    exit "${PIPESTATUS[0]}"
+fi
 mode=compare
 case "${1:-}" in
     compare|loopback|server|client) mode=$1; shift ;;

@@ -7,6 +7,8 @@
 #      there), and the recycle ring's loom models (RUSTFLAGS=--cfg loom, own target dir)
 #   4. the rxe suite on real soft-RoCE in deploy/testbed.sh, twice in one boot, plus a check that
 #      it fails when told to use a missing device
+#   5. the Python package (deploy/python-env.sh: a venv with torch, jax, numpy; pip install
+#      ./python) and its pytest suite in the testbed
 # Extra arguments are passed to the rxe suite as test-name filters.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -54,5 +56,12 @@ for line in sys.stdin:
 
 step "rxe suite in the soft-RoCE testbed"
 deploy/testbed.sh -- deploy/guest/rxe-suite.sh "$exe" "$@"
+
+step "Python package: deploy/python-env.sh (maturin, numpy, pytest, torch, jax; pip install ./python)"
+venv=$(deploy/python-env.sh)
+
+step "Python suite (pytest: numpy, torch and jax consumers) in the soft-RoCE testbed"
+# torch and jax need more than the VM's default 2 GiB.
+GDRX_VM_MEMORY=${GDRX_VM_MEMORY:-4G} deploy/testbed.sh -- deploy/guest/python-suite.sh "$venv"
 
 step "all tests passed"

@@ -134,9 +134,12 @@ run_vm() {
     # code slows down by a factor that depends on when the switch happened, and perftest's
     # cycle-counter calibration fails. QEMU's TSC is derived from the host clock and monotonic:
     # keep it.
+    # virtme-ng hands QEMU `-chardev file,path=/proc/self/fd/1`, which QEMU opens with O_TRUNC:
+    # redirected to a file, everything written before the VM started would be lost (and the
+    # guest's output would land at offset 0 behind NUL padding). A pipe cannot be truncated.
     timeout "$TIMEOUT" setsid -w "$vng" --run "$kernel" "${kvm[@]}" --memory "$mem" --cpus "$cpus" \
-        --append "clocksource=tsc tsc=reliable" --rwdir "$OUT" --exec "$guest" </dev/null
-    local rc=$?
+        --append "clocksource=tsc tsc=reliable" --rwdir "$OUT" --exec "$guest" </dev/null 2>&1 | cat
+    local rc=${PIPESTATUS[0]}
     set -e
     if [ "$rc" = 124 ]; then
         log "timed out after ${TIMEOUT}s"

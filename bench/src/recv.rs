@@ -406,7 +406,7 @@ impl Run {
             // Busy polling: read the clock only now and then (under emulation a clock read
             // costs more than an empty poll).
             idle_polls = idle_polls.wrapping_add(1);
-            if !o.events && idle_polls % 1024 != 0 {
+            if !o.events && !idle_polls.is_multiple_of(1024) {
                 continue;
             }
             let now = Instant::now();

@@ -178,7 +178,7 @@ impl Sender {
         loop {
             if let Some(d) = deadline {
                 rounds += 1;
-                if rounds % 16 == 0 && last[0].is_none() && Instant::now() >= d {
+                if rounds.is_multiple_of(16) && last[0].is_none() && Instant::now() >= d {
                     // Time is up: each connection's next message is its last.
                     for c in 0..q {
                         last[c] = Some(posted[c]);

@@ -78,6 +78,8 @@ pub use gdrx_wire as wire;
 
 pub mod accept;
 pub mod receiver;
+pub use gdrx_verbs::sender;
+pub use gdrx_verbs::Sender;
 pub use receiver::Receiver;
 
 pub use gdrx_pool::{

@@ -87,6 +87,18 @@ pub enum ReceiverError {
         /// The device.
         device: String,
     },
+    /// The address the receiver was given is not an RDMA device's (loopback, a wildcard, an
+    /// interface no RDMA device is bound to).
+    #[error(
+        "no RDMA device has the address {ip} (devices present: {present}): give the receiver \
+         the IP of an interface an RDMA device is bound to (`rdma link show`), or a device name"
+    )]
+    NotRdmaAddress {
+        /// The address.
+        ip: IpAddr,
+        /// The devices present, comma-separated ("none" when there are none).
+        present: String,
+    },
     /// The epoll instance behind [`Receiver::as_raw_fd`] failed.
     #[error("{op} failed: {source}")]
     Poll {
@@ -186,6 +198,16 @@ impl ReceiverBuilder {
         self
     }
 
+    /// Header split: the first `bytes` of every message land in CPU-readable memory from
+    /// `provider` (a [`SampleHeader`](gdrx_wire::SampleHeader), say), the rest in the pool's
+    /// slots; [`Lease::header`](gdrx_pool::Lease::header) and
+    /// [`Lease::payload`](gdrx_pool::Lease::payload) give the two parts.
+    #[must_use]
+    pub fn header_split(mut self, bytes: u32, provider: Arc<dyn Provider>) -> Self {
+        self.pool = self.pool.header_split(bytes, provider);
+        self
+    }
+
     /// Sleep on the completion channel (`true`, the default) or spin on the CQ (`false`).
     #[must_use]
     pub fn event_mode(mut self, on: bool) -> Self {
@@ -214,7 +236,8 @@ impl ReceiverBuilder {
     /// Opens the device, builds the pool and starts listening.
     ///
     /// # Errors
-    /// [`ReceiverError::NoAddress`] for a device without a RoCE v2 address; the verbs errors of
+    /// [`ReceiverError::NoAddress`] for a device without a RoCE v2 address;
+    /// [`ReceiverError::NotRdmaAddress`] for an address no device has; the verbs errors of
     /// opening, binding and creating queues; the pool's refusals ([`PoolError`]).
     pub fn build(self) -> Result<Receiver> {
         let (addr, opened) = match &self.bind {
@@ -232,9 +255,12 @@ impl ReceiverBuilder {
             }
         };
         let listener = Listener::bind(addr, 64)?;
-        let dev_name = listener.device_name().ok_or(ReceiverError::NoAddress {
-            device: addr.ip().to_string(),
-        })?;
+        let dev_name = listener
+            .device_name()
+            .ok_or_else(|| ReceiverError::NotRdmaAddress {
+                ip: addr.ip(),
+                present: present_devices(),
+            })?;
         // The device the listener is bound to (the one opened for its address, when it is).
         let dev = match opened {
             Some(d) if d.name() == dev_name => d,
@@ -523,11 +549,7 @@ impl Waiter for ReceiverWaiter<'_> {
             return rx.report_gone();
         }
         let busy = !rx.cq.is_event_mode();
-        if !busy
-            || self
-                .last_cm
-                .map_or(true, |t| t.elapsed() >= BUSY_CM_INTERVAL)
-        {
+        if !busy || self.last_cm.is_none_or(|t| t.elapsed() >= BUSY_CM_INTERVAL) {
             self.last_cm = Some(Instant::now());
             rx.check_cm()?;
             if !rx.control.is_empty() {
@@ -586,6 +608,14 @@ impl AsRawFd for Receiver {
 }
 
 // The receiver moves to its polling thread.
+/// The device names present, for an error message.
+fn present_devices() -> String {
+    match gdrx_verbs::device_names() {
+        Ok(v) if !v.is_empty() => v.join(", "),
+        _ => "none".to_owned(),
+    }
+}
+
 const _: () = {
     const fn send<T: Send>() {}
     send::<Receiver>();
@@ -601,5 +631,12 @@ mod tests {
             device: "rxe0".into(),
         };
         assert!(e.to_string().contains("give the receiver an IP address"));
+        let e = ReceiverError::NotRdmaAddress {
+            ip: "127.0.0.1".parse().unwrap(),
+            present: "rxe0".into(),
+        };
+        assert!(e
+            .to_string()
+            .starts_with("no RDMA device has the address 127.0.0.1 (devices present: rxe0)"));
     }
 }

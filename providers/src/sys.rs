@@ -100,7 +100,9 @@ impl Mapping {
     /// end faults instead of landing in someone else's memory).
     pub(crate) fn anonymous_aligned(len: usize, align: usize) -> io::Result<Mapping> {
         let page = gdrx_core::page_size();
-        debug_assert!(align.is_power_of_two() && align % page == 0 && len % page == 0);
+        debug_assert!(
+            align.is_power_of_two() && align.is_multiple_of(page) && len.is_multiple_of(page)
+        );
         let total = len
             .checked_add(align)
             .and_then(|t| t.checked_add(page))
@@ -322,11 +324,11 @@ pub(crate) fn human(bytes: usize) -> String {
     const K: usize = 1 << 10;
     const M: usize = 1 << 20;
     const G: usize = 1 << 30;
-    if bytes >= G && bytes % G == 0 {
+    if bytes >= G && bytes.is_multiple_of(G) {
         format!("{} GiB", bytes / G)
-    } else if bytes >= M && bytes % M == 0 {
+    } else if bytes >= M && bytes.is_multiple_of(M) {
         format!("{} MiB", bytes / M)
-    } else if bytes >= K && bytes % K == 0 {
+    } else if bytes >= K && bytes.is_multiple_of(K) {
         format!("{} KiB", bytes / K)
     } else {
         format!("{bytes} B")

@@ -439,7 +439,7 @@ pub fn run_two_process(
         };
         polls += 1;
         if n == 0 {
-            if polls % 64 == 0 {
+            if polls.is_multiple_of(64) {
                 if let Some(st) = child.try_wait()? {
                     if !st.success() {
                         bail!("sender failed ({st}) mid-stream: {}", drain(&mut child));

@@ -71,7 +71,7 @@ fn ring_four_producers_one_consumer() {
     let mut round = 0u64;
     while received < total {
         // Alternate single pops and batches, as the poller might.
-        let got = if round % 2 == 0 {
+        let got = if round.is_multiple_of(2) {
             consumer.pop().map(&mut check).map_or(0, |()| 1)
         } else {
             consumer.drain(64, &mut check) as u64

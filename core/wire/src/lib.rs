@@ -1,6 +1,7 @@
 //! # gdrx-wire
 //!
-//! The private-data messages gdrx peers exchange in the RDMA CM handshake. This crate is
+//! The private-data messages gdrx peers exchange in the RDMA CM handshake, and the header of
+//! typed messages on the data path. This crate is
 //! FFI-free (it depends on nothing but `thiserror`), so the format is tested in-process and the
 //! sender side can be written against it without linking RDMA libraries.
 //!
@@ -14,6 +15,9 @@
 //! Welcome (accept, 40 bytes):          magic u32 | version u8 | kind=2 u8 | flags u16 |
 //!                                      recv_buf u32 | rkey u32 | addr u64 | len u64 | reserved u64
 //! ```
+//!
+//! The [`sample`] module has the 64-byte header that leads each typed message (dtype, shape,
+//! epoch, shard and index) on the data path.
 
 /// `b"GDRX"` read as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"GDRX");
@@ -23,8 +27,12 @@ pub const VERSION: u8 = 1;
 // That both messages fit in what RDMA CM carries is asserted in gdrx-verbs, against its
 // private-data limits (`cm::MAX_CONNECT_PRIVATE_DATA`, `cm::MAX_ACCEPT_PRIVATE_DATA`).
 
+pub mod sample;
+pub use sample::{DType, SampleHeader};
+
 const KIND_HELLO: u8 = 1;
 const KIND_WELCOME: u8 = 2;
+const KIND_SAMPLE: u8 = 3;
 
 /// Why private data does not parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -52,6 +60,9 @@ pub enum WireError {
     /// A version this build does not speak.
     #[error("protocol version {0}, this build speaks {VERSION}")]
     Version(u8),
+    /// A field out of range (a sample header's dtype, rank or shape).
+    #[error("{0}")]
+    Invalid(&'static str),
 }
 
 fn header(buf: &[u8], need: usize, kind: u8) -> Result<u16, WireError> {

@@ -276,7 +276,7 @@ impl HugePageProvider {
             let tlen = if self.round_up {
                 len.checked_next_multiple_of(page)
             } else {
-                (len % page == 0).then_some(len)
+                len.is_multiple_of(page).then_some(len)
             };
             let Some(tlen) = tlen else {
                 let reason = if self.round_up {

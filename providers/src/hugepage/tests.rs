@@ -41,7 +41,7 @@ fn assert_consistent(p: &HugePageProvider, r: &HugePageRegion, len: usize) {
     assert_eq!(r.page_size(), last.page_size);
     assert_eq!(d.page_size, last.page_size.bytes());
     assert_eq!(d.len, last.len);
-    assert!(d.len >= len && d.len % d.page_size == 0, "{d:?}");
+    assert!(d.len >= len && d.len.is_multiple_of(d.page_size), "{d:?}");
     let addr = d.addr.unwrap().as_ptr();
     assert_eq!(addr as usize % d.page_size, 0);
     assert!(d.cpu_readable);
@@ -60,7 +60,7 @@ fn assert_consistent(p: &HugePageProvider, r: &HugePageRegion, len: usize) {
         assert_eq!(last.huge_bytes, Some(d.len), "{last}");
     }
     if last.page_size == PageSize::Transparent {
-        assert!(last.huge_bytes.map_or(true, |h| h >= d.len), "{last}");
+        assert!(last.huge_bytes.is_none_or(|h| h >= d.len), "{last}");
     }
     for off in (0..d.len).step_by(gdrx_core::page_size()) {
         // SAFETY: in bounds of the region's read/write mapping, which no NIC has.

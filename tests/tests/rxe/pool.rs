@@ -84,7 +84,7 @@ fn metric<'a>(s: &'a Snap, name: &str, pool: &str, reason: Option<&str>) -> Opti
     s.iter().find_map(|(k, _, _, v)| {
         let key = k.key();
         let has = |l: &str, want: &str| key.labels().any(|x| x.key() == l && x.value() == want);
-        (key.name() == name && has("pool", pool) && reason.map_or(true, |r| has("reason", r)))
+        (key.name() == name && has("pool", pool) && reason.is_none_or(|r| has("reason", r)))
             .then_some(v)
     })
 }

@@ -167,7 +167,7 @@ pub fn human(b: u64) -> String {
     const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
     UNITS
         .iter()
-        .find(|&&(u, _)| b >= u && b % u == 0)
+        .find(|&&(u, _)| b >= u && b.is_multiple_of(u))
         .map_or_else(
             || format!("{b} B"),
             |&(u, name)| format!("{} {name}", b / u),

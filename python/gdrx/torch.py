@@ -1,0 +1,83 @@
+"""PyTorch adapter: ``RdmaIterableDataset`` yields the received messages as torch tensors,
+zero copy, through ``torch.from_dlpack``.
+
+Use it with ``DataLoader(ds, num_workers=0, batch_size=None)``: worker processes are forked, and
+a fork must not share registered memory with the NIC; batching is the sender's business (send
+collated batches).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+import torch.utils.data
+
+import gdrx
+
+__all__ = ["RdmaIterableDataset", "to_tensor", "from_tensor"]
+
+
+def to_tensor(msg: "gdrx.Message") -> "torch.Tensor":
+    """The message's payload as a uint8 torch tensor, zero copy. The buffer goes back to the
+    NIC when the tensor (and every view of it) and the message are gone."""
+    return torch.from_dlpack(msg)
+
+
+def from_tensor(t: Any) -> Any:
+    """A ``gdrx.Tensor`` (or a tuple of them, from ``gdrx.tensors``) as torch tensors of its
+    dtype and shape, zero copy."""
+    if isinstance(t, tuple):
+        return tuple(torch.from_dlpack(p) for p in t)
+    return torch.from_dlpack(t)
+
+
+class RdmaIterableDataset(torch.utils.data.IterableDataset):
+    """Yields one tensor per received message until every sender that connected has left.
+
+    ``RdmaIterableDataset(receiver=None, transform=None, typed=False, **receiver_kwargs)``: give
+    an open ``gdrx.Receiver``, or the keyword arguments to build one (it is then closed when
+    iteration ends). Untyped, each message is a uint8 tensor (``transform`` may reinterpret it,
+    e.g. ``lambda t: t.view(torch.float32)``); ``typed=True`` reads each message's
+    ``SampleHeader`` and yields a tensor of its dtype and shape, or a tuple of tensors for a
+    sample sent in parts (``Sender.send_tensor(..., part=, parts=)``, e.g. ``(image, label)``).
+    """
+
+    def __init__(
+        self,
+        receiver: Optional["gdrx.Receiver"] = None,
+        transform: Optional[Callable[[Any], Any]] = None,
+        typed: bool = False,
+        **receiver_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if receiver is not None and receiver_kwargs:
+            raise gdrx.ConfigError("give a receiver or the arguments to build one, not both")
+        self._rx = receiver
+        self._kwargs = receiver_kwargs
+        self._transform = transform
+        self._typed = typed
+
+    def __iter__(self) -> Iterator[Any]:
+        info = torch.utils.data.get_worker_info()
+        if info is not None:
+            raise gdrx.ConfigError(
+                "RdmaIterableDataset runs in the main process: use DataLoader(num_workers=0, "
+                "batch_size=None); worker processes are forked and must not share registered memory"
+            )
+        own = self._rx is None
+        rx = gdrx.Receiver(**self._kwargs) if own else self._rx
+        try:
+            if self._typed:
+                for sample in gdrx.tensors(rx):
+                    t = from_tensor(sample)
+                    del sample  # the torch tensors keep the buffers now
+                    yield self._transform(t) if self._transform else t
+                return
+            for msg in rx:
+                t = torch.from_dlpack(msg)
+                msg.release()  # the tensor keeps the buffer now
+                yield self._transform(t) if self._transform else t
+        finally:
+            if own:
+                rx.close()
