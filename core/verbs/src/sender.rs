@@ -13,7 +13,7 @@
 //!     tx.send(&seq.to_le_bytes(), Some(seq), Some(Duration::from_secs(10)))?;
 //! }
 //! tx.close(Some(Duration::from_secs(10)))?;
-//! # Ok::<(), gdrx_verbs::sender::SenderError>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use std::net::SocketAddr;
