@@ -8,7 +8,7 @@
 #   4. the rxe suite on real soft-RoCE in deploy/testbed.sh, twice in one boot, plus a check that
 #      it fails when told to use a missing device
 #   5. the Python package (deploy/python-env.sh: a venv with torch, jax, numpy; pip install
-#      ./python) and its pytest suite in the testbed
+#      ./python), the Kubernetes manifests' schema validation, and the pytest suite in the testbed
 # Extra arguments are passed to the rxe suite as test-name filters.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -30,18 +30,25 @@ cargo test --locked --workspace --all-features
 step "loom: the recycle ring's protocol under the loom model checker"
 RUSTFLAGS="--cfg loom" cargo test --locked -p gdrx-ring --release --target-dir target/loom --test loom
 
-step "lean libraries: gdrx-gpu without its binaries' dependencies"
+step "lean libraries: gdrx-gpu without its binaries' dependencies, gdrx-feed without RDMA"
 cargo build --locked -p gdrx-gpu --no-default-features --features cuda --lib
 if cargo tree --locked -p gdrx-gpu --no-default-features --features cuda -e normal \
     | grep -E '^[^a-z]*(anyhow|clap|serde_json|tracing-subscriber) '; then
     echo "gdrx-gpu's library pulls in a binary-only dependency (above)"; exit 1
 fi
+# gdrx-feed without its `rdma` feature: the FFI-free dataset and plan library.
+cargo build --locked -p gdrx-feed --no-default-features --lib
+if cargo tree --locked -p gdrx-feed --no-default-features -e normal | grep -E '(gdrx-core|gdrx-verbs|sideway|clap) '; then
+    echo "gdrx-feed's lean library pulls in the RDMA stack or the CLI (above)"; exit 1
+fi
 
 step "docs: cargo doc with -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --all-features
 
-step "building the rxe suite, gdrx-bench, gdrx-doctor and the examples (release)"
+step "building the rxe suite, gdrx-bench, gdrx-feed, gdrx-doctor and the examples (release)"
 cargo build --locked --release -p gdrx-bench
+# The Python suite runs the feeder against gdrx.Receiver.
+cargo build --locked --release -p gdrx-feed
 # The rxe suite runs the examples against its test peer.
 cargo build --locked --release -p gdrx-examples --examples
 # The doctor's rxe tests check its GPU part too (no libcuda in the testbed: a typed error).
@@ -60,7 +67,10 @@ deploy/testbed.sh -- deploy/guest/rxe-suite.sh "$exe" "$@"
 step "Python package: deploy/python-env.sh (maturin, numpy, pytest, torch, jax; pip install ./python)"
 venv=$(deploy/python-env.sh)
 
-step "Python suite (pytest: numpy, torch and jax consumers) in the soft-RoCE testbed"
+step "Kubernetes manifests: strict schema validation (kubernetes-validate)"
+deploy/k8s/validate.sh "$venv"
+
+step "Python suite (pytest: numpy, torch and jax consumers, the feeder) in the soft-RoCE testbed"
 # torch and jax need more than the VM's default 2 GiB.
 GDRX_VM_MEMORY=${GDRX_VM_MEMORY:-4G} deploy/testbed.sh -- deploy/guest/python-suite.sh "$venv"
 

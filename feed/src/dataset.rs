@@ -370,6 +370,24 @@ impl Dataset {
         self.shards.iter().map(|s| s.name.as_str())
     }
 
+    /// The largest part of any sample, in bytes (a feeder's largest message is this plus the
+    /// 64-byte sample header).
+    pub fn max_part_bytes(&self) -> u64 {
+        self.shards
+            .iter()
+            .flat_map(|s| match &s.layout {
+                Layout::Npy { files } => files
+                    .iter()
+                    .map(|(_, h)| h.item_bytes())
+                    .collect::<Vec<u64>>(),
+                Layout::Tar { items, .. } => {
+                    items.iter().flatten().map(|e| e.len).collect::<Vec<u64>>()
+                }
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Samples in the dataset.
     pub fn len(&self) -> u64 {
         self.shards.iter().map(|s| s.items).sum()

@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from . import errors
-from ._gdrx import Message, Receiver, SampleHeader, Tensor, __version__, devices
+from ._gdrx import Dataset, Message, Receiver, SampleHeader, Tensor, __version__, devices, plan
 from ._gdrx import Sender as _RawSender
 from .errors import (
     AllocFailed,
@@ -50,6 +50,7 @@ from .errors import (
     Timeout,
     Unsupported,
 )
+from .feeder import Feeder  # noqa: E402
 
 __all__ = [
     "Receiver",
@@ -58,6 +59,9 @@ __all__ = [
     "Tensor",
     "SampleHeader",
     "tensors",
+    "Dataset",
+    "plan",
+    "Feeder",
     "devices",
     "errors",
     "GdrxError",

@@ -178,3 +178,34 @@ class Sender:
     def close(self) -> None: ...
     def __enter__(self) -> "Sender": ...
     def __exit__(self, *args: object) -> bool: ...
+
+class Dataset:
+    """A dataset of .npy shards or WebDataset tar shards, indexed when opened."""
+
+    def __init__(self, path: str) -> None: ...
+    @property
+    def shard_sizes(self) -> List[int]: ...
+    @property
+    def parts(self) -> List[str]: ...
+    def read(self, shard: int, item: int) -> List[Any]:
+        """The sample's parts as numpy arrays."""
+    def __len__(self) -> int: ...
+
+def plan(
+    shard_sizes: Sequence[int], *, seed: Optional[int], epoch: int, world: int, rank: int
+) -> List[Tuple[int, int, int]]:
+    """A rank's (index, shard, item) of one epoch, in order."""
+
+def feed(
+    dataset: Dataset,
+    address: Tuple[str, int],
+    *,
+    rank: int,
+    world: int,
+    seed: Optional[int],
+    epochs: int,
+    cursor: Tuple[int, int] = (0, 0),
+    device: Optional[str] = None,
+    timeout: float = 60.0,
+) -> Dict[str, Any]:
+    """Feeds one rank over RDMA from ``cursor``; blocks with the GIL released."""

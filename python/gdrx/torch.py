@@ -8,12 +8,14 @@ collated batches).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Optional
+import os
+from typing import Any, Callable, Dict, Iterator, Optional
 
 import torch
 import torch.utils.data
 
 import gdrx
+import gdrx.feeder
 
 __all__ = ["RdmaIterableDataset", "to_tensor", "from_tensor"]
 
@@ -35,6 +37,13 @@ def from_tensor(t: Any) -> Any:
 class RdmaIterableDataset(torch.utils.data.IterableDataset):
     """Yields one tensor per received message until every sender that connected has left.
 
+    With a store (the data service): ``RdmaIterableDataset(typed=True, store=store, rank=RANK,
+    ip=..., **receiver_kwargs)`` publishes its receiver's address and its cursor in ``store``
+    (a torch ``TCPStore``; see ``gdrx.feeder``), where the ``gdrx.Feeder`` serving the rank finds
+    it. ``state_dict()`` is ``{"rank", "epoch", "next"}``: the epoch and the samples of it
+    consumed; ``load_state_dict()`` of a saved one before iterating makes a restarted rank resume
+    there, with no sample lost or repeated. ``rank`` defaults to ``$RANK`` (torchrun).
+
     ``RdmaIterableDataset(receiver=None, transform=None, typed=False, **receiver_kwargs)``: give
     an open ``gdrx.Receiver``, or the keyword arguments to build one (it is then closed when
     iteration ends). Untyped, each message is a uint8 tensor (``transform`` may reinterpret it,
@@ -48,15 +57,32 @@ class RdmaIterableDataset(torch.utils.data.IterableDataset):
         receiver: Optional["gdrx.Receiver"] = None,
         transform: Optional[Callable[[Any], Any]] = None,
         typed: bool = False,
+        store: Any = None,
+        rank: Optional[int] = None,
         **receiver_kwargs: Any,
     ) -> None:
         super().__init__()
         if receiver is not None and receiver_kwargs:
             raise gdrx.ConfigError("give a receiver or the arguments to build one, not both")
+        if store is not None and not typed:
+            raise gdrx.ConfigError("a store-fed dataset is typed: pass typed=True")
         self._rx = receiver
         self._kwargs = receiver_kwargs
         self._transform = transform
         self._typed = typed
+        self._store = store
+        self.rank = int(os.environ.get("RANK", "0")) if rank is None else rank
+        self._epoch, self._next = 0, 0
+
+    def state_dict(self) -> Dict[str, int]:
+        """Where this rank is: ``{"rank", "epoch", "next"}`` (samples of ``epoch`` consumed)."""
+        return {"rank": self.rank, "epoch": self._epoch, "next": self._next}
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        """Resume at a saved ``state_dict()`` (applied when iteration starts)."""
+        if state.get("rank", self.rank) != self.rank:
+            raise gdrx.ConfigError(f"a state of rank {state['rank']} loaded into rank {self.rank}")
+        self._epoch, self._next = int(state["epoch"]), int(state["next"])
 
     def __iter__(self) -> Iterator[Any]:
         info = torch.utils.data.get_worker_info()
@@ -68,10 +94,19 @@ class RdmaIterableDataset(torch.utils.data.IterableDataset):
         own = self._rx is None
         rx = gdrx.Receiver(**self._kwargs) if own else self._rx
         try:
+            if self._store is not None:
+                ip, port = rx.address
+                gdrx.feeder.publish(self._store, self.rank, ip, port, self._epoch, self._next)
             if self._typed:
                 for sample in gdrx.tensors(rx):
+                    h = (sample[0] if isinstance(sample, tuple) else sample).header
+                    if h.epoch != self._epoch:
+                        self._epoch, self._next = h.epoch, 0
                     t = from_tensor(sample)
                     del sample  # the torch tensors keep the buffers now
+                    # Counted before the yield: a state_dict() taken while the consumer holds
+                    # this sample counts it as consumed.
+                    self._next += 1
                     yield self._transform(t) if self._transform else t
                 return
             for msg in rx:

@@ -1,8 +1,10 @@
 //! The `gdrx._gdrx` extension module: `Receiver` (receiver.rs), `Sender` (sender.rs), `Message`
-//! and `Tensor` (message.rs) and `SampleHeader` (sample.rs). The package `gdrx` (python/gdrx)
+//! and `Tensor` (message.rs), `SampleHeader` (sample.rs), and the data service's `Dataset`, `plan`
+//! and `feed` (feed.rs). The package `gdrx` (python/gdrx)
 //! re-exports them with its exceptions and framework adapters.
 
 mod errors;
+mod feed;
 mod message;
 mod receiver;
 mod sample;
@@ -23,6 +25,9 @@ fn _gdrx(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<message::Message>()?;
     m.add_class::<message::Tensor>()?;
     m.add_class::<sample::PySampleHeader>()?;
+    m.add_class::<feed::PyDataset>()?;
+    m.add_function(wrap_pyfunction!(feed::plan, m)?)?;
+    m.add_function(wrap_pyfunction!(feed::feed, m)?)?;
     m.add_function(wrap_pyfunction!(devices, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

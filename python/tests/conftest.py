@@ -74,3 +74,17 @@ def senders():
     yield start
     for s in started:
         s.kill()
+
+
+@pytest.fixture(scope="session")
+def npy_dataset(tmp_path_factory) -> Path:
+    """A dataset of .npy shards: payload.SHARDS samples of (image, label) per shard."""
+    import numpy as np
+
+    from payload import SHARDS, shard_image, shard_label
+
+    d = tmp_path_factory.mktemp("npy")
+    for s, n in enumerate(SHARDS):
+        np.save(d / f"{s:03}.image.npy", np.stack([shard_image(s, i) for i in range(n)]))
+        np.save(d / f"{s:03}.label.npy", np.array([shard_label(s, i) for i in range(n)], dtype=np.int64))
+    return d

@@ -38,3 +38,15 @@ def image(tag: int, seq: int) -> np.ndarray:
 def label(tag: int, seq: int) -> np.ndarray:
     """Its label: an int64 scalar."""
     return np.array(seq * 31 + tag, dtype=np.int64)
+
+
+# The feeder tests' dataset (conftest's npy_dataset): 3 shards of (image, label) samples.
+SHARDS = [20, 7, 13]  # samples per shard: 40 in all
+
+
+def shard_image(shard: int, item: int) -> np.ndarray:
+    return np.arange(48, dtype=np.float32).reshape(3, 4, 4) + shard * 1000 + item
+
+
+def shard_label(shard: int, item: int) -> int:
+    return shard * 100 + item

@@ -62,6 +62,7 @@ fn npy_shards_with_two_parts() {
     assert_eq!(ds.shard_sizes(), [3, 2]);
     assert_eq!(ds.shard_names().collect::<Vec<_>>(), ["000", "001"]);
     assert_eq!(ds.len(), 5);
+    assert_eq!(ds.max_part_bytes(), 16);
     let s = ds.read(1, 1).unwrap();
     assert_eq!(s.parts.len(), 2);
     assert_eq!(s.parts[0].dtype.name(), Some("float32"));
@@ -120,6 +121,7 @@ fn webdataset_tar_shards() {
     let ds = Dataset::open(&d.0).unwrap();
     assert_eq!(ds.parts(), ["image.npy", "cls"]);
     assert_eq!(ds.shard_sizes(), [2, 1]);
+    assert_eq!(ds.max_part_bytes(), 24);
     let s = ds.read(0, 1).unwrap();
     assert_eq!(s.parts[0].dtype.name(), Some("float32"));
     assert_eq!(s.parts[0].shape, [2, 3]);

@@ -1,0 +1,133 @@
+//! Feeding one rank over RDMA: a [`RankStream`] sent with gdrx-core's [`Sender`] (feature
+//! `rdma`). The `gdrx-feed` binary and Python's `gdrx.Feeder` both run [`feed`].
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use gdrx_core::sender::SenderError;
+use gdrx_core::Sender;
+use gdrx_wire::SampleHeader;
+
+use crate::dataset::Dataset;
+use crate::plan::Cursor;
+use crate::stream::{RankStream, StreamError, StreamSpec};
+
+/// Why feeding stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FeedError {
+    /// The stream could not be read.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// Connecting or sending failed (the rank went away, refused the feeder, ...).
+    #[error("rank {rank} at {to}: {source}")]
+    Send {
+        /// The rank.
+        rank: u32,
+        /// Its address.
+        to: SocketAddr,
+        /// What failed.
+        #[source]
+        source: Box<SenderError>,
+    },
+    /// The rank took no message within the timeout.
+    #[error(
+        "rank {rank} took no message for {secs:.1} s (epoch {epoch}, index {index}): is its \
+         consumer holding every buffer, or has it stopped?"
+    )]
+    Stalled {
+        /// The rank.
+        rank: u32,
+        /// The timeout.
+        secs: f64,
+        /// The epoch of the message that waited.
+        epoch: u32,
+        /// Its index.
+        index: u64,
+    },
+    /// `keep_going` said stop.
+    #[error("stopped at epoch {} position {}", .0.epoch, .0.next)]
+    Stopped(Cursor),
+}
+
+/// How to reach the rank.
+#[derive(Debug, Clone)]
+pub struct FeedOptions {
+    /// RDMA device (`None`: the route's).
+    pub device: Option<String>,
+    /// Bound on connecting and on each message's wait for the rank.
+    pub timeout: Duration,
+}
+
+/// What a feed sent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FeedReport {
+    /// Messages (sample parts) sent.
+    pub messages: u64,
+    /// Bytes sent, headers included.
+    pub bytes: u64,
+    /// Seconds from the first send to the last completion.
+    pub secs: f64,
+    /// Where the stream ended.
+    pub cursor: Cursor,
+}
+
+/// Connects to the rank at `to` (tag = the rank) and sends its stream; `keep_going` is asked
+/// between messages (every 64) and stops the feed when it returns false.
+///
+/// # Errors
+/// [`FeedError`].
+pub fn feed(
+    ds: &Dataset,
+    spec: StreamSpec,
+    to: SocketAddr,
+    opts: &FeedOptions,
+    mut keep_going: impl FnMut() -> bool,
+) -> Result<FeedReport, FeedError> {
+    let send_err = |source| FeedError::Send {
+        rank: spec.rank,
+        to,
+        source: Box::new(source),
+    };
+    let mut stream = RankStream::new(ds, spec)?;
+    let max_msg = u32::try_from(ds.max_part_bytes() + SampleHeader::LEN as u64).unwrap_or(u32::MAX);
+    let mut b = Sender::builder(to, max_msg)
+        .tag(spec.rank)
+        .timeout(opts.timeout);
+    if let Some(d) = &opts.device {
+        b = b.device(d);
+    }
+    let mut tx = b.connect().map_err(send_err)?;
+    let (mut messages, mut bytes) = (0u64, 0u64);
+    let t0 = Instant::now();
+    while let Some(msg) = stream.next() {
+        let msg = msg?;
+        if messages % 64 == 0 && !keep_going() {
+            return Err(FeedError::Stopped(stream.cursor()));
+        }
+        let sent = tx
+            .send_parts(
+                &[&msg.header.encode(), &msg.payload],
+                None,
+                Some(opts.timeout),
+            )
+            .map_err(send_err)?;
+        if !sent {
+            return Err(FeedError::Stalled {
+                rank: spec.rank,
+                secs: opts.timeout.as_secs_f64(),
+                epoch: msg.header.epoch,
+                index: msg.header.index,
+            });
+        }
+        messages += 1;
+        bytes += (SampleHeader::LEN + msg.payload.len()) as u64;
+    }
+    tx.close(Some(opts.timeout)).map_err(send_err)?;
+    Ok(FeedReport {
+        messages,
+        bytes,
+        secs: t0.elapsed().as_secs_f64(),
+        cursor: stream.cursor(),
+    })
+}
