@@ -6,7 +6,7 @@
 #   3. host tests: cargo test --workspace (unit and stress tests; the rxe suite is #[ignore]d
 #      there), and the recycle ring's loom models (RUSTFLAGS=--cfg loom, own target dir)
 #   4. the rxe suite on real soft-RoCE in deploy/testbed.sh, twice in one boot, plus a check that
-#      it fails when told to use a missing device
+#      it fails when told to use a missing device, and the testbed's output into a file
 #   5. the Python package (deploy/python-env.sh: a venv with torch, jax, numpy; pip install
 #      ./python), the Kubernetes manifests' schema validation, and the pytest suite in the testbed
 # Extra arguments are passed to the rxe suite as test-name filters.
@@ -63,6 +63,9 @@ for line in sys.stdin:
 
 step "rxe suite in the soft-RoCE testbed"
 deploy/testbed.sh -- deploy/guest/rxe-suite.sh "$exe" "$@"
+
+step "testbed output redirected to a file: nothing lost, no NUL bytes, exit status kept"
+deploy/check-testbed-output.sh
 
 step "Python package: deploy/python-env.sh (maturin, numpy, pytest, torch, jax; pip install ./python)"
 venv=$(deploy/python-env.sh)

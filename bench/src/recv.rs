@@ -368,6 +368,8 @@ impl Run {
             window_slots: self.window_slots,
             spec: *spec,
             lent_max: 0,
+            count: vec![0; usize::from(spec.qps)],
+            broken: None,
         };
         let mut progress = Progress::new(out.progress, format!("{} B", spec.size));
         let mut gone = vec![false; conns.len()];
@@ -391,6 +393,9 @@ impl Run {
             };
             if let Some(e) = t.wc_error {
                 break Err(anyhow!(e).context("a receive completed with an error"));
+            }
+            if let Some(why) = t.broken.take() {
+                break Err(anyhow!("{why}: the run is not valid"));
             }
             t.lent_max = t.lent_max.max(u64::from(self.pool.lent()));
             if t.finished == conns.len() {
@@ -537,6 +542,10 @@ struct Tally {
     window_slots: u64,
     spec: RunSpec,
     lent_max: u64,
+    /// Messages per connection.
+    count: Vec<u64>,
+    /// The first way a sender broke what its run descriptor announced.
+    broken: Option<String>,
 }
 
 impl Tally {
@@ -568,6 +577,8 @@ impl Tally {
             return;
         };
         let (seq, last) = proto::split_imm(lease.imm().unwrap_or(u32::MAX));
+        self.count[conn] += 1;
+        self.check_announced(conn, seq, last);
         if lease.imm().is_none() || seq != self.next[conn] || len != u64::from(self.spec.size) {
             if self.seq_errors < 5 {
                 tracing::error!(
@@ -606,6 +617,34 @@ impl Tally {
             // The consumers only go away after the run.
             let _ = tx.send(h);
         }
+    }
+}
+
+impl Tally {
+    /// Holds a connection to the count its run descriptor announced: no message after the one
+    /// flagged last, no more than `iters`, and the last flag on message `iters` exactly.
+    fn check_announced(&mut self, conn: usize, seq: u32, last: bool) {
+        if self.broken.is_some() {
+            return;
+        }
+        let (n, iters) = (self.count[conn], self.spec.iters);
+        self.broken = if self.done[conn] {
+            Some(format!(
+                "connection {conn} sent a message (sequence {seq}) after the one it flagged as \
+                 its last"
+            ))
+        } else if iters > 0 && n > iters {
+            Some(format!(
+                "connection {conn} sent more than the {iters} messages its run descriptor \
+                 announced"
+            ))
+        } else if iters > 0 && last && n != iters {
+            Some(format!(
+                "connection {conn} announced {iters} messages but flagged message {n} as its last"
+            ))
+        } else {
+            None
+        };
     }
 }
 

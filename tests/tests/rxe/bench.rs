@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -416,4 +417,122 @@ fn bench_server_reports_a_sender_that_dies_and_a_missing_server() {
         msg.contains("is `gdrx-bench server` running there?"),
         "{msg}"
     );
+}
+
+/// A sender that speaks the benchmark's handshake but not its promise: it announces `iters`
+/// messages and sends `count`, flagging message `last_at` (1-based) as the last, or none.
+fn rogue_sender(port: u16, iters: u64, count: u32, last_at: Option<u32>) -> anyhow::Result<()> {
+    use gdrx_core::wire::Hello;
+    use gdrx_core::WorkCompletion;
+    use gdrx_core::{
+        Access, ConnectionSpec, Cq, HostMemory, QpConfig, SendBatch, SendFlags, SendOp,
+    };
+
+    let e = env();
+    let dev = e.open();
+    let pd = dev.alloc_pd()?;
+    let cq = Cq::new(&dev, 64)?;
+    let spec = ConnectionSpec::new(&pd, &cq, &cq, None).qp(QpConfig {
+        max_send_wr: 8,
+        max_recv_wr: 1,
+        ..QpConfig::default()
+    });
+    // The run descriptor, as bench/src/proto.rs lays it out after the Hello: magic "GBEN" |
+    // run_id u32 | qps u16 | op u8 (1 = send) | flags u8 | iters u64 | duration_ms u32 |
+    // tx_depth u32.
+    let mut private = Hello {
+        flags: 0,
+        conn_tag: 0,
+        max_msg: 64,
+    }
+    .encode()
+    .to_vec();
+    private.extend_from_slice(b"GBEN");
+    private.extend_from_slice(&7u32.to_le_bytes());
+    private.extend_from_slice(&1u16.to_le_bytes());
+    private.extend_from_slice(&[1, 2]); // send; the client's last run
+    private.extend_from_slice(&iters.to_le_bytes());
+    private.extend_from_slice(&0u32.to_le_bytes());
+    private.extend_from_slice(&8u32.to_le_bytes());
+    let addr = std::net::SocketAddr::new(e.ip, port);
+    let mut conn = gdrx_core::connect(addr, None, &spec, &private)?;
+    let mr = pd.register(Arc::new(HostMemory::new(64)?), Access::recv())?;
+    let sge = mr.sge(0, 64).expect("in the MR");
+    let (mut batch, mut wcs) = (SendBatch::with_capacity(1, 1), WorkCompletion::buffer(8));
+    for seq in 0..count {
+        let last = last_at == Some(seq + 1);
+        batch.clear();
+        batch.push(
+            u64::from(seq),
+            SendOp::SendWithImm(seq | if last { 1 << 31 } else { 0 }),
+            &[sge],
+            SendFlags::SIGNALED,
+        )?;
+        // SAFETY: the SGE lies in `mr`, which outlives the send: each send is reaped below
+        // before the next is posted.
+        unsafe { conn.qp().post_send(&mut batch)? };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let n = cq.poll(&mut wcs)?;
+            if n > 0 {
+                wcs[0].result()?;
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no send completion in 30 s");
+        }
+    }
+    // Give the server time to see it all before the disconnect.
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = conn.disconnect();
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs an rxe device: run through deploy/testbed.sh"]
+fn bench_server_fails_a_run_whose_sender_breaks_its_announced_count() {
+    // (A message after the last flag is caught while the run is open, i.e. while another
+    // connection still sends; a single connection's run closes at its last flag.)
+    let cases: [(&str, u64, u32, Option<u32>, &str); 2] = [
+        (
+            "18611",
+            20,
+            10,
+            Some(10),
+            "announced 20 messages but flagged message 10 as its last",
+        ),
+        (
+            "18612",
+            20,
+            30,
+            None,
+            "sent more than the 20 messages its run descriptor announced",
+        ),
+    ];
+    for (port, iters, count, last_at, want) in cases {
+        let mut server = cmd(
+            "server",
+            &["--port", port, "--runs", "1", "--idle-timeout", "60"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("server");
+        let mut err = BufReader::new(server.stderr.take().expect("stderr"));
+        let mut line = String::new();
+        while !line.contains("listening on") {
+            line.clear();
+            assert!(
+                err.read_line(&mut line).expect("server stderr") > 0,
+                "server ended early"
+            );
+        }
+        // The rogue's own errors (the server may drop it first) do not matter here.
+        let sent = rogue_sender(port.parse().unwrap(), iters, count, last_at);
+        let mut rest = String::new();
+        err.read_to_string(&mut rest).expect("server stderr");
+        let st = server.wait().expect("server");
+        println!("rogue {count} of {iters}, last at {last_at:?} (sender: {sent:?}):\n{rest}");
+        assert!(!st.success(), "the server fails the run: {rest}");
+        assert!(rest.contains(want), "and says why ({want}): {rest}");
+    }
 }
