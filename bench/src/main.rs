@@ -147,10 +147,21 @@ fn loopback(a: &LoopbackArgs) -> anyhow::Result<()> {
             Ok(())
         })?;
     let served = rx.serve(None, Some(Duration::from_secs(60)), &a.out);
+    if let Err(e) = &served {
+        // A receiver that failed while the sender is still at work (connecting, or waiting for
+        // its run to be accepted) failed on its own, e.g. allocating its pool: say so now rather
+        // than after the sender's connect timeout. (Returning ends the process and the sender.)
+        if !sender.is_finished() {
+            std::thread::sleep(Duration::from_millis(200));
+            if !sender.is_finished() {
+                return Err(anyhow::anyhow!("{e:#}")).context("receiver");
+            }
+        }
+    }
     let sent = sender
         .join()
         .map_err(|_| anyhow::anyhow!("the sender thread panicked"))?;
-    // The sender's error is usually the cause of the receiver's.
+    // Otherwise the sender's error is usually the cause of the receiver's.
     sent.context("sender")?;
     served.context("receiver")?;
     Ok(())
@@ -167,6 +178,8 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // No colour codes in a log file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let matches = Cmd::command().get_matches();
     let cmd = Cmd::from_arg_matches(&matches)?;

@@ -201,7 +201,18 @@ impl Run {
                 .initial_regions(1)
                 .max_regions(1)
                 .depth(o.rx_depth),
-        )?;
+        )
+        .with_context(|| {
+            let total = u64::from(o.pool_slots()) * u64::from(slot_size);
+            format!(
+                "building the {} pool: {} buffers of {slot_size} B ({:.1} MiB) for {} B \
+                 messages (lower --pool-slots, or -r/--rx-depth, which sets it to twice its value)",
+                o.provider.name(),
+                o.pool_slots(),
+                total as f64 / f64::from(1u32 << 20),
+                spec.size
+            )
+        })?;
         let report = pool.report();
         tracing::info!("{report}");
         let registration = report

@@ -536,3 +536,31 @@ fn bench_server_fails_a_run_whose_sender_breaks_its_announced_count() {
         assert!(rest.contains(want), "and says why ({want}): {rest}");
     }
 }
+
+#[test]
+#[ignore = "needs an rxe device: run through deploy/testbed.sh"]
+fn bench_loopback_reports_a_pool_it_cannot_build_at_once_naming_the_flags() {
+    // 1024 buffers of 8 MiB (-r 512 gives twice as many pool slots): 8 GiB, more than the
+    // testbed has to register.
+    let t0 = Instant::now();
+    let o = cmd("loopback", &["-s", "8388608", "-n", "10"])
+        .output()
+        .expect("loopback");
+    let took = t0.elapsed();
+    let err = String::from_utf8_lossy(&o.stderr);
+    println!("loopback with an 8 GiB pool ({took:?}): {err}");
+    assert!(!o.status.success());
+    assert!(
+        err.contains("receiver") && err.contains("1024 buffers of 8388608 B (8192.0 MiB)"),
+        "the receiver's error, with the total: {err}"
+    );
+    assert!(
+        err.contains("lower --pool-slots, or -r/--rx-depth"),
+        "names the flags: {err}"
+    );
+    // The receiver's own error, not the sender's connect timeout that used to come first.
+    assert!(
+        !err.contains("sender") && !err.to_lowercase().contains("timed out"),
+        "the receiver's error alone, at once ({took:?}): {err}"
+    );
+}
