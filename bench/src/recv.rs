@@ -165,6 +165,7 @@ struct Run {
     window_slots: u64,
     provider: String,
     registration: String,
+    page_size: u64,
 }
 
 fn provider(kind: ProviderKind) -> Arc<dyn Provider> {
@@ -219,6 +220,7 @@ impl Run {
             .regions
             .first()
             .map_or_else(|| "?".into(), |r| r.path.name().to_string());
+        let page_size = report.regions.first().map_or(0, |r| r.page_size as u64);
         let window_slots = u64::from(o.pool_slots()) + u64::from(spec.tx_depth);
         let window = match spec.op {
             Op::Send => None,
@@ -241,6 +243,7 @@ impl Run {
             window_slots,
             provider: o.provider.name().to_string(),
             registration,
+            page_size,
         })
     }
 
@@ -493,6 +496,7 @@ impl Run {
         };
         let us = |ns: u64| ns as f64 / 1000.0;
         Ok(RecvRow {
+            schema: report::SCHEMA,
             bytes: spec.size,
             op: spec.op.name().into(),
             qps: spec.qps,
@@ -516,6 +520,7 @@ impl Run {
             events: o.events,
             provider: self.provider.clone(),
             registration: self.registration.clone(),
+            page_size: self.page_size,
         })
     }
 }

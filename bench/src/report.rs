@@ -6,9 +6,14 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-/// The receiver's measurements of one run (one size).
+/// The version of the JSON rows' layout: bumped when a field changes meaning or goes away.
+pub const SCHEMA: u32 = 1;
+
+/// The receiver's measurements of one run (one size), with the run's configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RecvRow {
+    /// [`SCHEMA`].
+    pub schema: u32,
     /// Message size.
     pub bytes: u32,
     /// Operation (`send` or `write-imm`).
@@ -59,11 +64,21 @@ pub struct RecvRow {
     pub provider: String,
     /// How the pool's memory was registered.
     pub registration: String,
+    /// The page size the pool's memory got (the provider's report).
+    pub page_size: u64,
 }
 
-/// The sender's measurements of one run.
+/// The sender's measurements of one run, with the run's configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SendRow {
+    /// [`SCHEMA`].
+    pub schema: u32,
+    /// Operation (`send` or `write-imm`).
+    pub op: String,
+    /// Connections.
+    pub qps: u16,
+    /// Sends kept in flight per connection.
+    pub tx_depth: u32,
     /// Message size.
     pub bytes: u32,
     /// Messages sent (all connections).
@@ -86,7 +101,7 @@ pub const MIB: f64 = 1_048_576.0;
 /// Header of the receiver table.
 pub fn recv_header() -> String {
     format!(
-        "{:>9} {:>9} {:>10} {:>10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>7} {:>7}",
+        "{:>9} {:>9} {:>10} {:>10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6} {:>8}",
         "#bytes",
         "#msgs",
         "BWpeak",
@@ -97,9 +112,11 @@ pub fn recv_header() -> String {
         "lat p50",
         "lat p99",
         "empty",
-        "RNR"
+        "RNR",
+        "page",
+        "reg"
     ) + &format!(
-        "\n{:>9} {:>9} {:>10} {:>10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>7} {:>7}",
+        "\n{:>9} {:>9} {:>10} {:>10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6} {:>8}",
         "",
         "",
         "[MiB/s]",
@@ -110,14 +127,27 @@ pub fn recv_header() -> String {
         "[us]",
         "[us]",
         "pool",
-        "NAKs"
+        "NAKs",
+        "",
+        ""
     )
+}
+
+/// A page size as the table shows it (4K, 2M, 1G).
+fn page(p: u64) -> String {
+    match p {
+        0 => "-".into(),
+        p if p >= 1 << 30 && p % (1 << 30) == 0 => format!("{}G", p >> 30),
+        p if p >= 1 << 20 && p % (1 << 20) == 0 => format!("{}M", p >> 20),
+        p if p >= 1 << 10 && p % (1 << 10) == 0 => format!("{}K", p >> 10),
+        p => p.to_string(),
+    }
 }
 
 /// One receiver table line.
 pub fn recv_line(r: &RecvRow) -> String {
     format!(
-        "{:>9} {:>9} {:>10.2} {:>10.2} {:>9.3} {:>10.5} {:>9.2} {:>9.1} {:>9.1} {:>7} {:>7}",
+        "{:>9} {:>9} {:>10.2} {:>10.2} {:>9.3} {:>10.5} {:>9.2} {:>9.1} {:>9.1} {:>7} {:>7} {:>6} {:>8}",
         r.bytes,
         r.messages,
         r.bw_peak_mib_s,
@@ -128,7 +158,9 @@ pub fn recv_line(r: &RecvRow) -> String {
         r.lat_p50_us,
         r.lat_p99_us,
         r.pool_empty_events,
-        r.rnr_naks.map_or("-".to_string(), |n| n.to_string())
+        r.rnr_naks.map_or("-".to_string(), |n| n.to_string()),
+        page(r.page_size),
+        r.registration
     )
 }
 
@@ -276,6 +308,7 @@ mod tests {
     #[test]
     fn table_lines_line_up_with_the_header() {
         let r = RecvRow {
+            schema: SCHEMA,
             bytes: 65536,
             op: "send".into(),
             qps: 1,
@@ -299,11 +332,21 @@ mod tests {
             events: false,
             provider: "host".into(),
             registration: "address".into(),
+            page_size: 2 << 20,
         };
         let h = recv_header();
         let first = h.lines().next().unwrap();
         assert_eq!(first.len(), recv_line(&r).len());
+        assert!(
+            recv_line(&r).ends_with("     2M  address"),
+            "{}",
+            recv_line(&r)
+        );
         let back: RecvRow = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
+        assert_eq!(
+            (page(4096), page(1 << 30), page(0), page(100)),
+            ("4K".into(), "1G".into(), "-".into(), "100".into())
+        );
     }
 }

@@ -265,6 +265,10 @@ impl Sender {
         }
         drop(conns);
         Ok(SendRow {
+            schema: report::SCHEMA,
+            op: spec.op.name().to_string(),
+            qps: spec.qps,
+            tx_depth: spec.tx_depth,
             bytes: spec.size,
             messages,
             secs,

@@ -244,8 +244,38 @@ fn bench_verifies_send_and_write_imm_over_a_sweep_with_every_provider() {
                 "{what} at {size} B: every connection's messages arrived"
             );
             assert_consistent(what, f(r, "bw_avg_mib_s"), f(r, "msg_rate_mpps"), size);
+            // Every row says its layout version and how its memory was had.
+            assert_eq!(u(r, "schema"), 1, "{what}: {r}");
+            assert!(
+                u(r, "page_size") >= 4096,
+                "{what}: the page size obtained: {r}"
+            );
+            let reg = r["registration"].as_str().unwrap_or_default();
+            assert!(
+                reg == "address" || reg == "dmabuf",
+                "{what}: registration path {reg:?}"
+            );
         }
     }
+    // The table shows them too.
+    let table = run_ok(
+        "loopback",
+        &["-s", "4096", "-n", "100", "--provider", "hugepage"],
+    );
+    let text = String::from_utf8_lossy(&table.stdout);
+    let header = text
+        .lines()
+        .find(|l| l.contains("#bytes"))
+        .unwrap_or_default();
+    assert!(
+        header.ends_with("   page      reg"),
+        "page and registration columns: {text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("4096") && l.ends_with(" address")),
+        "a row with its registration path: {text}"
+    );
 }
 
 fn scrape(addr: &str) -> Option<String> {
