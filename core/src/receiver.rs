@@ -88,7 +88,7 @@ pub enum ReceiverError {
         device: String,
     },
     /// The address the receiver was given is not an RDMA device's (loopback, a wildcard, an
-    /// interface no RDMA device is bound to).
+    /// interface no RDMA device is bound to, no interface at all).
     #[error(
         "no RDMA device has the address {ip} (devices present: {present}): give the receiver \
          the IP of an interface an RDMA device is bound to (`rdma link show`), or a device name"
@@ -254,13 +254,17 @@ impl ReceiverBuilder {
                 (SocketAddr::new(ip, *port), Some(dev))
             }
         };
-        let listener = Listener::bind(addr, 64)?;
-        let dev_name = listener
-            .device_name()
-            .ok_or_else(|| ReceiverError::NotRdmaAddress {
-                ip: addr.ip(),
-                present: present_devices(),
-            })?;
+        // An address no RDMA device has: refused by the bind (EADDRNOTAVAIL, ENODEV), or bound
+        // to no device (loopback); both say which devices there are.
+        let not_rdma = || ReceiverError::NotRdmaAddress {
+            ip: addr.ip(),
+            present: present_devices(),
+        };
+        let listener = Listener::bind(addr, 64).map_err(|e| match e.raw_os_error() {
+            Some(libc::EADDRNOTAVAIL | libc::ENODEV) => not_rdma(),
+            _ => e.into(),
+        })?;
+        let dev_name = listener.device_name().ok_or_else(not_rdma)?;
         // The device the listener is bound to (the one opened for its address, when it is).
         let dev = match opened {
             Some(d) if d.name() == dev_name => d,

@@ -233,7 +233,7 @@ impl PyReceiver {
                 .max_peers(max_peers)
                 .build()
         });
-        let rx = built.map_err(|e| no_device_at(py, &e, ip))?;
+        let rx = built.map_err(|e| errors::receiver(py, &e))?;
         Ok(PyReceiver {
             addr: rx.local_addr(),
             state: Mutex::new(State {
@@ -446,31 +446,4 @@ impl PyReceiver {
             }
         )
     }
-}
-
-/// A bind error on an address no RDMA device has becomes `NoDevice`, naming the devices present.
-fn no_device_at(py: Python<'_>, e: &ReceiverError, ip: Option<&str>) -> PyErr {
-    if let (ReceiverError::Verbs(gdrx_core::Error::Cm { source, .. }), Some(ip)) = (e, ip) {
-        if matches!(source.raw_os_error(), Some(19 | 99)) {
-            let present = gdrx_core::device_names()
-                .map(|v| {
-                    if v.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        v.join(", ")
-                    }
-                })
-                .unwrap_or_else(|_| "none".to_owned());
-            return raise(
-                py,
-                "NoDevice",
-                format!("no RDMA device has the address {ip} (devices present: {present}): {e}"),
-                Some(
-                    "use an IP of an interface an RDMA device is bound to (`rdma link show`)"
-                        .into(),
-                ),
-            );
-        }
-    }
-    errors::receiver(py, e)
 }

@@ -250,6 +250,10 @@ def test_bad_configuration_gives_typed_errors(rdma):
     with pytest.raises(gdrx.NoDevice) as e:
         gdrx.Receiver(ip="127.0.0.1")
     assert rdma.dev in str(e.value), f"names the devices present: {e.value}"
+    # An address no interface has (the bind itself fails).
+    with pytest.raises(gdrx.NoDevice) as e:
+        gdrx.Receiver(ip="10.254.254.254")
+    assert "no RDMA device has the address 10.254.254.254" in str(e.value) and rdma.dev in str(e.value), str(e.value)
     with pytest.raises(gdrx.NoDevice) as e:
         gdrx.Receiver(device="no_such_dev0")
     assert rdma.dev in str(e.value), str(e.value)
