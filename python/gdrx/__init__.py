@@ -34,22 +34,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 from . import errors
 from ._gdrx import Dataset, Message, Receiver, SampleHeader, Tensor, __version__, devices, plan
 from ._gdrx import Sender as _RawSender
-from .errors import (
-    AllocFailed,
-    Closed,
-    ConfigError,
-    ConnectFailed,
-    GdrxError,
-    MemoryLock,
-    NoDevice,
-    PeerGone,
-    ProtocolError,
-    Refused,
-    RegistrationFailed,
-    Released,
-    Timeout,
-    Unsupported,
-)
+from .errors import *  # noqa: F401,F403 (the exceptions: errors.__all__)
+from .errors import ProtocolError
 from .feeder import Feeder  # noqa: E402
 
 __all__ = [
@@ -64,22 +50,14 @@ __all__ = [
     "Feeder",
     "devices",
     "errors",
-    "GdrxError",
-    "NoDevice",
-    "Unsupported",
-    "MemoryLock",
-    "AllocFailed",
-    "RegistrationFailed",
-    "ConfigError",
-    "ConnectFailed",
-    "Refused",
-    "PeerGone",
-    "ProtocolError",
-    "Timeout",
-    "Closed",
-    "Released",
     "__version__",
+    *errors.__all__,
 ]
+
+
+def _bytes(data: Any) -> bytes:
+    """``data`` as bytes: bytes as they are, any other C-contiguous buffer copied."""
+    return data if isinstance(data, bytes) else memoryview(data).cast("B").tobytes()
 
 
 class Sender:
@@ -112,9 +90,7 @@ class Sender:
     def send(self, data: Union[bytes, bytearray, memoryview, "object"], imm: Optional[int] = None) -> None:
         """Sends ``data``: bytes, or any C-contiguous buffer (bytearray, memoryview, a numpy
         array), with immediate data ``imm`` (a 32-bit unsigned int) when given."""
-        if not isinstance(data, bytes):
-            data = memoryview(data).cast("B").tobytes()
-        self._tx.send(data, imm)
+        self._tx.send(_bytes(data), imm)
 
     def send_tensor(
         self,
@@ -161,8 +137,7 @@ class Sender:
     def send_parts(self, header: Any, payload: Any, imm: Optional[int] = None) -> None:
         """Sends one message made of ``header`` then ``payload`` (bytes or any buffer): what
         ``send_tensor`` does with a ``SampleHeader``'s ``encode()`` and an array's bytes."""
-        as_bytes = lambda b: b if isinstance(b, bytes) else memoryview(b).cast("B").tobytes()  # noqa: E731
-        self._tx.send_parts(as_bytes(header), as_bytes(payload), imm)
+        self._tx.send_parts(_bytes(header), _bytes(payload), imm)
 
     @property
     def sent(self) -> int:

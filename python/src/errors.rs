@@ -20,6 +20,19 @@ pub fn raise(py: Python<'_>, class: &str, message: String, hint: Option<String>)
     }
 }
 
+/// `ip:port` as a socket address; `ConfigError` when `ip` is not an IP address.
+pub fn socket_addr(py: Python<'_>, ip: &str, port: u16) -> PyResult<std::net::SocketAddr> {
+    let ip: std::net::IpAddr = ip.parse().map_err(|e| {
+        raise(
+            py,
+            "ConfigError",
+            format!("ip {ip:?} is not an IP address: {e}"),
+            None,
+        )
+    })?;
+    Ok(std::net::SocketAddr::new(ip, port))
+}
+
 /// The exception class for a verbs error.
 fn verbs_class(e: &Error) -> (&'static str, Option<String>) {
     match e {

@@ -2,7 +2,6 @@
 //! `gdrx.plan` (a rank's epoch order) and `_gdrx.feed` (one rank fed over RDMA), which
 //! `gdrx.Feeder` (python/gdrx/feeder.py) drives.
 
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,15 +130,7 @@ pub fn feed<'py>(
     device: Option<String>,
     timeout: f64,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let ip: IpAddr = address.0.parse().map_err(|e| {
-        raise(
-            py,
-            "ConfigError",
-            format!("address {:?} is not an IP: {e}", address.0),
-            None,
-        )
-    })?;
-    let to = SocketAddr::new(ip, address.1);
+    let to = errors::socket_addr(py, &address.0, address.1)?;
     let spec = StreamSpec {
         rank,
         world,

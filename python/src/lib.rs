@@ -9,6 +9,7 @@ mod message;
 mod receiver;
 mod sample;
 mod sender;
+mod wait;
 
 use pyo3::prelude::*;
 

@@ -60,6 +60,14 @@ impl Held {
             counters,
         }
     }
+
+    /// The payload's bytes. Only for a `Held` from [`Message::held`], which refuses memory the
+    /// CPU cannot read.
+    fn payload(&self) -> &[u8] {
+        self.lease
+            .payload()
+            .expect("Message::held refuses memory the CPU cannot read")
+    }
 }
 
 impl Drop for Held {
@@ -123,11 +131,8 @@ impl Message {
         let (bytes, offset) = if self.split {
             (held.lease.header(), 0)
         } else {
-            let n = self.nbytes.min(SampleHeader::LEN);
-            // SAFETY: as in `tobytes`: `held` keeps the CPU-readable payload lent, and `n`
-            // is within its `nbytes`.
-            let b = unsafe { std::slice::from_raw_parts(held.addr as *const u8, n) };
-            (b, SampleHeader::LEN)
+            let p = held.payload();
+            (&p[..p.len().min(SampleHeader::LEN)], SampleHeader::LEN)
         };
         let h = SampleHeader::decode(bytes).map_err(|e| {
             protocol_error(
@@ -290,10 +295,7 @@ impl Message {
     /// A copy of the payload as bytes.
     fn tobytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
         let held = self.held(py)?;
-        // SAFETY: the payload lies in the lease that `held` keeps lent for this call; it is
-        // `nbytes` long and CPU-readable (the receiver only builds CPU-readable pools).
-        let bytes = unsafe { std::slice::from_raw_parts(held.addr as *const u8, self.nbytes) };
-        Ok(pyo3::types::PyBytes::new(py, bytes))
+        Ok(pyo3::types::PyBytes::new(py, held.payload()))
     }
 
     /// DLPack device: (kDLCPU, 0).

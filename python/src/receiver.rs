@@ -1,10 +1,10 @@
 //! `gdrx.Receiver`: the Rust [`Receiver`] behind a lock, polled with the GIL released.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gdrx_core::receiver::{Event, ReceiverError};
 use gdrx_core::wire::SampleHeader;
@@ -15,9 +15,7 @@ use pyo3::types::PyDict;
 
 use crate::errors::{self, raise};
 use crate::message::{Counters, Message};
-
-/// How long one wait without the GIL lasts before signals (Ctrl-C) are checked.
-const SLICE: Duration = Duration::from_millis(50);
+use crate::wait;
 
 #[derive(Debug)]
 struct State {
@@ -140,31 +138,22 @@ impl PyReceiver {
     /// Waits (GIL released, in slices, checking signals) until a message is pending, the stream
     /// ended, or `timeout` passed.
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
-        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
-        loop {
-            let slice = deadline.map_or(SLICE, |d| {
-                d.saturating_duration_since(Instant::now()).min(SLICE)
-            });
-            let done = py.detach(|| {
+        wait::in_slices(
+            py,
+            timeout,
+            |slice| {
                 let mut st = self.lock();
                 if st.rx.is_none() {
-                    return Ok(true);
+                    return Ok(Some(()));
                 }
                 if st.pending.is_empty() && !st.ended() {
                     st.step(slice)?;
                 }
-                Ok::<bool, ReceiverError>(!st.pending.is_empty() || st.ended())
-            });
-            match done {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                Err(e) => return Err(errors::receiver(py, &e)),
-            }
-            py.check_signals()?;
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(());
-            }
-        }
+                Ok::<_, ReceiverError>((!st.pending.is_empty() || st.ended()).then_some(()))
+            },
+            |py, e| errors::receiver(py, &e),
+        )?;
+        Ok(())
     }
 
     fn closed_error(py: Python<'_>) -> PyErr {
@@ -195,17 +184,7 @@ impl PyReceiver {
     ) -> PyResult<PyReceiver> {
         let prov = self::provider(py, provider)?;
         let builder = match (ip, device) {
-            (Some(ip), _) => {
-                let ip: IpAddr = ip.parse().map_err(|e| {
-                    raise(
-                        py,
-                        "ConfigError",
-                        format!("ip {ip:?} is not an IP address: {e}"),
-                        None,
-                    )
-                })?;
-                Receiver::builder(SocketAddr::new(ip, port), prov)
-            }
+            (Some(ip), _) => Receiver::builder(errors::socket_addr(py, ip, port)?, prov),
             (None, Some(dev)) => Receiver::on_device(dev, port, prov),
             (None, None) => {
                 return Err(raise(

@@ -1,16 +1,14 @@
 //! `gdrx.Sender`: the Rust [`Sender`], sending with the GIL released.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gdrx_core::Sender;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::errors::{self, raise};
-
-const SLICE: Duration = Duration::from_millis(50);
+use crate::wait;
 
 /// Sends messages to a gdrx receiver over RDMA (SEND, or SEND_WITH_IMM with `imm`).
 ///
@@ -34,39 +32,29 @@ impl PySender {
     /// Sends `parts` as one message, waiting for a free buffer in slices with the GIL
     /// released, checking signals between them.
     fn send_all(&self, py: Python<'_>, parts: &[&[u8]], imm: Option<u32>) -> PyResult<()> {
-        let deadline = self
-            .timeout
-            .map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
-        loop {
-            let slice = deadline.map_or(SLICE, |d| {
-                d.saturating_duration_since(Instant::now()).min(SLICE)
-            });
-            let sent = py.detach(|| {
-                let mut g = self.lock();
-                match g.as_mut() {
-                    Some(tx) => tx.send_parts(parts, imm, Some(slice)).map(Some),
-                    None => Ok(None),
-                }
-            });
-            match sent {
-                Ok(Some(true)) => return Ok(()),
-                Ok(Some(false)) => {}
-                Ok(None) => return Err(raise(py, "Closed", "the sender is closed".into(), None)),
-                Err(e) => return Err(errors::sender(py, &e)),
-            }
-            py.check_signals()?;
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(raise(
-                    py,
-                    "Timeout",
-                    format!(
-                        "no send buffer came free within {:.3} s: the receiver is not taking \
-                         messages (its consumer holds every buffer?)",
-                        self.timeout.unwrap_or_default()
-                    ),
-                    None,
-                ));
-            }
+        // Some(true): sent; Some(false): the sender is closed; None: no buffer came free yet.
+        let sent = wait::in_slices(
+            py,
+            self.timeout,
+            |slice| match self.lock().as_mut() {
+                Some(tx) => Ok(tx.send_parts(parts, imm, Some(slice))?.then_some(true)),
+                None => Ok(Some(false)),
+            },
+            |py, e| errors::sender(py, &e),
+        )?;
+        match sent {
+            Some(true) => Ok(()),
+            Some(false) => Err(raise(py, "Closed", "the sender is closed".into(), None)),
+            None => Err(raise(
+                py,
+                "Timeout",
+                format!(
+                    "no send buffer came free within {:.3} s: the receiver is not taking \
+                     messages (its consumer holds every buffer?)",
+                    self.timeout.unwrap_or_default()
+                ),
+                None,
+            )),
         }
     }
 }
@@ -86,15 +74,7 @@ impl PySender {
         depth: u32,
         timeout: Option<f64>,
     ) -> PyResult<PySender> {
-        let ip: IpAddr = ip.parse().map_err(|e| {
-            raise(
-                py,
-                "ConfigError",
-                format!("ip {ip:?} is not an IP address: {e}"),
-                None,
-            )
-        })?;
-        let mut b = Sender::builder(SocketAddr::new(ip, port), max_msg)
+        let mut b = Sender::builder(errors::socket_addr(py, ip, port)?, max_msg)
             .tag(tag)
             .depth(depth);
         if let Some(t) = timeout {
