@@ -396,10 +396,9 @@ fn bench_consumer_holding_every_buffer_is_counted_and_loses_nothing() {
     assert!(rnr > 0, "the sender stalled on RNR NAKs");
 }
 
-#[test]
-#[ignore = "needs an rxe device: run through deploy/testbed.sh"]
-fn bench_server_reports_a_sender_that_dies_and_a_missing_server() {
-    let port = "18601";
+/// `gdrx-bench server` for one run on `port`, once it listens; its stderr, the rest of which
+/// says how the run ended.
+fn one_run_server(port: &str) -> (std::process::Child, BufReader<std::process::ChildStderr>) {
     let mut server = cmd(
         "server",
         &["--port", port, "--runs", "1", "--idle-timeout", "60"],
@@ -417,6 +416,14 @@ fn bench_server_reports_a_sender_that_dies_and_a_missing_server() {
             "server ended early"
         );
     }
+    (server, err)
+}
+
+#[test]
+#[ignore = "needs an rxe device: run through deploy/testbed.sh"]
+fn bench_server_reports_a_sender_that_dies_and_a_missing_server() {
+    let port = "18601";
+    let (mut server, mut err) = one_run_server(port);
     let mut client = cmd("client", &["--port", port, "-s", "4096", "-D", "60"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -539,23 +546,7 @@ fn bench_server_fails_a_run_whose_sender_breaks_its_announced_count() {
         ),
     ];
     for (port, iters, count, last_at, want) in cases {
-        let mut server = cmd(
-            "server",
-            &["--port", port, "--runs", "1", "--idle-timeout", "60"],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("server");
-        let mut err = BufReader::new(server.stderr.take().expect("stderr"));
-        let mut line = String::new();
-        while !line.contains("listening on") {
-            line.clear();
-            assert!(
-                err.read_line(&mut line).expect("server stderr") > 0,
-                "server ended early"
-            );
-        }
+        let (mut server, mut err) = one_run_server(port);
         // The rogue's own errors (the server may drop it first) do not matter here.
         let sent = rogue_sender(port.parse().unwrap(), iters, count, last_at);
         let mut rest = String::new();
