@@ -51,6 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         flags: 0,
         recv_buf: size as u32,
         window: None,
+        credits: None,
     };
     let mut conn = req.accept(&spec, &welcome.encode())?;
     let (mut wcs, mut messages, mut bytes) = (WorkCompletion::buffer(32), 0u64, 0u64);

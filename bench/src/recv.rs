@@ -330,6 +330,7 @@ impl Run {
             flags: 0,
             recv_buf: spec.size,
             window,
+            credits: None,
         };
         Ok(Admission::Accept {
             reply: welcome.encode().to_vec(),

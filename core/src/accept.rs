@@ -7,7 +7,7 @@
 //! [`ConnectRequest::admit`]: gdrx_verbs::ConnectRequest::admit
 
 use gdrx_verbs::cm::Admission;
-use gdrx_wire::{Hello, RemoteWindow, Welcome};
+use gdrx_wire::{CreditWord, Hello, RemoteWindow, Welcome};
 
 /// The prefix of the reply a gdrx receiver sends with a refusal (`gdrx: <reason>`).
 pub const REPLY_PREFIX: &str = "gdrx";
@@ -22,6 +22,17 @@ pub const REPLY_PREFIX: &str = "gdrx";
 pub fn admit_hello(
     private: &[u8],
     recv_buf: u32,
+    policy: impl FnOnce(&Hello) -> Result<Option<RemoteWindow>, String>,
+) -> Admission<Hello> {
+    admit_hello_with_credits(private, recv_buf, None, policy)
+}
+
+/// [`admit_hello`] for a receiver that grants credits: an accepted sender's Welcome carries
+/// `credits` too.
+pub fn admit_hello_with_credits(
+    private: &[u8],
+    recv_buf: u32,
+    credits: Option<CreditWord>,
     policy: impl FnOnce(&Hello) -> Result<Option<RemoteWindow>, String>,
 ) -> Admission<Hello> {
     let hello = match Hello::decode(private) {
@@ -49,6 +60,7 @@ pub fn admit_hello(
                 flags: 0,
                 recv_buf,
                 window,
+                credits,
             }
             .encode()
             .to_vec(),

@@ -57,7 +57,8 @@ use gdrx_verbs::{
 };
 use gdrx_wire::Hello;
 
-use crate::accept::admit_hello;
+use crate::accept::admit_hello_with_credits;
+use crate::credits::{CreditTable, PeerCredit};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
@@ -155,6 +156,7 @@ pub struct ReceiverBuilder {
     event_mode: bool,
     max_peers: usize,
     accept: Option<Box<AcceptFn>>,
+    credits: bool,
 }
 
 enum Bind {
@@ -181,6 +183,7 @@ impl ReceiverBuilder {
             event_mode: true,
             max_peers: 64,
             accept: None,
+            credits: true,
         }
     }
 
@@ -219,6 +222,18 @@ impl ReceiverBuilder {
     #[must_use]
     pub fn max_peers(mut self, n: usize) -> Self {
         self.max_peers = n;
+        self
+    }
+
+    /// Grant senders credits (default true): each Welcome carries a [`CreditWord`] that the
+    /// sender reads, so that it never sends more than this receiver's posted receives can
+    /// take: no RNR NAKs, and a consumer that holds buffers slows only its own senders. The
+    /// rule is in [`credits`](crate::credits). `false`: senders are held back by RNR NAKs alone.
+    ///
+    /// [`CreditWord`]: gdrx_wire::CreditWord
+    #[must_use]
+    pub fn credits(mut self, on: bool) -> Self {
+        self.credits = on;
         self
     }
 
@@ -310,7 +325,14 @@ impl ReceiverBuilder {
         }
         reg(listener.as_raw_fd(), LISTENER)?;
         let spec = ConnectionSpec::new(&pd, &send_cq, &cq, Some(&srq));
+        let credits = if self.credits {
+            Some(CreditTable::new(&pd, self.max_peers)?)
+        } else {
+            None
+        };
         Ok(Receiver {
+            credits,
+            last_posted: u32::MAX,
             peers: Vec::new(),
             pool,
             listener,
@@ -333,6 +355,7 @@ struct Peer {
     conn: Connection,
     info: PeerInfo,
     token: Token,
+    credit: Option<PeerCredit>,
 }
 
 /// The receive side in one object; see the [module docs](self). `Send`: build it on one thread
@@ -357,6 +380,10 @@ pub struct Receiver {
     max_peers: usize,
     max_message: u32,
     next_token: usize,
+    /// The grant words (credits on).
+    credits: Option<CreditTable>,
+    /// The posted count grants were last raised for (`u32::MAX`: raise at the next poll).
+    last_posted: u32,
 }
 
 enum Control {
@@ -439,8 +466,41 @@ impl Receiver {
             Some(Control::Connected(p)) => Event::Connected(p),
             Some(Control::Refused { addr, reason }) => Event::Refused { addr, reason },
             Some(Control::Gone(p)) => Event::Gone(p),
-            None => Event::Batch(self.pool.take()),
+            None => {
+                let posted = self.pool.posted();
+                let batch = self.pool.take();
+                if let Some(table) = &self.credits {
+                    count_messages(&mut self.peers, batch.as_slice());
+                    let starved = raise_grants(table, &mut self.peers, posted);
+                    // A sender left without credit: top the queue up at the next poll.
+                    self.last_posted = if starved { u32::MAX } else { posted };
+                }
+                Event::Batch(batch)
+            }
         })
+    }
+
+    /// Raises the grants when the pool reposted since they were last raised.
+    ///
+    /// The pool reposts lazily (once fewer than its low watermark are posted), so a sender can
+    /// be left with no credit while free slots wait to be posted: the grants a finished or idle
+    /// sender holds keep the others from the posted receives. Then the queue is topped up now.
+    fn grant_reposts(&mut self) -> Result<()> {
+        let Some(table) = &self.credits else {
+            return Ok(());
+        };
+        let posted = self.pool.posted();
+        if posted == self.last_posted {
+            return Ok(());
+        }
+        self.last_posted = posted;
+        if raise_grants(table, &mut self.peers, posted) && self.pool.free() > 0 {
+            self.pool.top_up()?;
+            let posted = self.pool.posted();
+            raise_grants(table, &mut self.peers, posted);
+            self.last_posted = posted;
+        }
+        Ok(())
     }
 
     /// Moves peers seen leaving to the control queue: only once the pool has nothing left, so
@@ -469,7 +529,12 @@ impl Receiver {
                 }
             }
             if left {
-                let p = self.peers.swap_remove(i);
+                let mut p = self.peers.swap_remove(i);
+                if let (Some(t), Some(c)) = (self.credits.as_mut(), p.credit.take()) {
+                    t.release(c);
+                    // What it held goes to the others: raise their grants at the next poll.
+                    self.last_posted = u32::MAX;
+                }
                 let fd = p.conn.as_raw_fd();
                 let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
                 tracing::info!(tag = p.info.tag, token = p.token.0, "peer gone");
@@ -485,22 +550,40 @@ impl Receiver {
         let (max_peers, connected) = (self.max_peers, self.peers.len());
         let addr = req.peer_addr();
         let accept = &self.accept;
-        let admission = admit_hello(req.private_data(), self.max_message, |hello| {
-            if connected >= max_peers {
-                return Err(format!(
-                    "{max_peers} senders are connected already (max_peers)"
-                ));
+        // A word for the newcomer's grant, claimed before the Welcome that names it.
+        let posted = self.pool.posted();
+        let initial =
+            CreditTable::initial(posted, self.peers.iter().filter_map(|p| p.credit.as_ref()));
+        let mut credit = self.credits.as_mut().and_then(|t| t.claim(initial));
+        let word = credit.as_ref().map(|(_, w)| *w);
+        let admission =
+            admit_hello_with_credits(req.private_data(), self.max_message, word, |hello| {
+                if connected >= max_peers {
+                    return Err(format!(
+                        "{max_peers} senders are connected already (max_peers)"
+                    ));
+                }
+                if let Some(f) = accept {
+                    f(hello, addr)?;
+                }
+                Ok(None)
+            });
+        let admitted = req.admit(&self.spec, admission);
+        let give_back = |rx: &mut Receiver, c: &mut Option<(PeerCredit, _)>| {
+            if let (Some(t), Some((c, _))) = (rx.credits.as_mut(), c.take()) {
+                t.release(c);
             }
-            if let Some(f) = accept {
-                f(hello, addr)?;
-            }
-            Ok(None)
-        });
-        let (conn, hello) = match req.admit(&self.spec, admission)? {
-            Admitted::Accepted(conn, hello) => (conn, hello),
-            Admitted::Refused(Refusal { addr, reason }) => {
+        };
+        let (conn, hello) = match admitted {
+            Ok(Admitted::Accepted(conn, hello)) => (conn, hello),
+            Ok(Admitted::Refused(Refusal { addr, reason })) => {
+                give_back(self, &mut credit);
                 self.control.push_back(Control::Refused { addr, reason });
                 return Ok(());
+            }
+            Err(e) => {
+                give_back(self, &mut credit);
+                return Err(e.into());
             }
         };
         let token = Token(self.next_token);
@@ -522,6 +605,7 @@ impl Receiver {
             conn,
             info: info.clone(),
             token,
+            credit: credit.map(|(c, _)| c),
         });
         self.control.push_back(Control::Connected(info));
         Ok(())
@@ -549,6 +633,8 @@ impl Waiter for ReceiverWaiter<'_> {
         if n > 0 {
             return Ok(n);
         }
+        // Nothing arrived, but returned leases may have been reposted.
+        rx.grant_reposts()?;
         if !rx.gone.is_empty() {
             return rx.report_gone();
         }
@@ -609,6 +695,34 @@ impl AsRawFd for Receiver {
     fn as_raw_fd(&self) -> RawFd {
         self.poll.as_raw_fd()
     }
+}
+
+/// Counts each message of `events` against its sender (by QP number; a departed sender's late
+/// messages count for nobody).
+fn count_messages(peers: &mut [Peer], events: &[RecvEvent]) {
+    let mut last = usize::MAX;
+    for ev in events {
+        let RecvEvent::Message(l) = ev else { continue };
+        let q = l.qp_num();
+        if peers.get(last).is_none_or(|p| p.info.qp_num != q) {
+            match peers.iter().position(|p| p.info.qp_num == q) {
+                Some(i) => last = i,
+                None => continue,
+            }
+        }
+        if let Some(c) = peers[last].credit.as_mut() {
+            c.received += 1;
+        }
+    }
+}
+
+/// Raises each credited sender's grant towards its messages handed out plus its share of
+/// `posted`, within what the grants outstanding leave of `posted` (see [`CreditTable::raise`]).
+/// True when a sender is left with no credit.
+fn raise_grants(table: &CreditTable, peers: &mut [Peer], posted: u32) -> bool {
+    let mut credits: Vec<&mut PeerCredit> =
+        peers.iter_mut().filter_map(|p| p.credit.as_mut()).collect();
+    table.raise(&mut credits, posted)
 }
 
 // The receiver moves to its polling thread.

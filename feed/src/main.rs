@@ -3,14 +3,17 @@
 //! ```text
 //! gdrx-feed --data DIR --to IP:PORT --rank R --world W [--seed S | --no-shuffle]
 //!           [--epochs N] [--from-epoch E] [--from K] [--device DEV] [--timeout SECS]
+//!           [--no-credits]
 //! ```
 //!
 //! It opens the dataset (`.npy` shards or WebDataset tar shards), plans rank `R`'s samples of
 //! each epoch (gdrx-feed's plan: every sample once per epoch across the `W` ranks, shuffled by
 //! the seed and the epoch), connects to the rank's `gdrx.Receiver` (tag = `R`) and sends each
 //! part of each sample as a typed message (a 64-byte sample header, then the bytes), from epoch
-//! `E` position `K` to the end of epoch `N - 1`. A rank whose consumer holds every buffer stalls
-//! the feeder (back-pressure), for at most `--timeout` seconds per message. It prints one JSON
+//! `E` position `K` to the end of epoch `N - 1`. The feeder sends no more than the credits the
+//! rank grants (its free buffers; `--no-credits` leaves that to RNR NAKs): a rank whose consumer
+//! holds every buffer stalls the feeder (back-pressure), for at most `--timeout` seconds per
+//! message. It prints one JSON
 //! line: what it sent and the cursor it stopped at.
 
 use std::net::SocketAddr;
@@ -62,6 +65,9 @@ struct Args {
     /// Seconds a message may wait for the rank (and the connection may take).
     #[arg(long, default_value_t = 60.0)]
     timeout: f64,
+    /// Ignore the rank's credits (flow control by RNR NAKs alone, to measure what credits save).
+    #[arg(long)]
+    no_credits: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -83,11 +89,21 @@ fn main() -> anyhow::Result<()> {
     let opts = FeedOptions {
         device: a.device.clone(),
         timeout: Duration::from_secs_f64(a.timeout.max(0.001)),
+        credits: !a.no_credits,
     };
     let r = feed(&ds, spec, a.to, &opts, || true)?;
+    let credits = r.credits.map_or_else(
+        || "null".to_owned(),
+        |c| {
+            format!(
+                "{{\"grant\":{},\"reads\":{},\"waits\":{}}}",
+                c.grant, c.reads, c.waits
+            )
+        },
+    );
     println!(
         "{{\"rank\":{},\"messages\":{},\"bytes\":{},\"secs\":{:.6},\
-         \"cursor\":{{\"epoch\":{},\"next\":{}}}}}",
+         \"cursor\":{{\"epoch\":{},\"next\":{}}},\"credits\":{credits}}}",
         a.rank, r.messages, r.bytes, r.secs, r.cursor.epoch, r.cursor.next
     );
     Ok(())

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use gdrx_core::sender::SenderError;
+use gdrx_core::sender::{CreditStats, SenderError};
 use gdrx_core::Sender;
 use gdrx_wire::SampleHeader;
 
@@ -57,6 +57,10 @@ pub struct FeedOptions {
     pub device: Option<String>,
     /// Bound on connecting and on each message's wait for the rank.
     pub timeout: Duration,
+    /// Use the credits the rank grants (on by default in gdrx-feed and `gdrx.Feeder`):
+    /// never more messages in flight than the rank has buffers posted, so a slow rank makes
+    /// the feeder wait at the source instead of in RNR NAK retries.
+    pub credits: bool,
 }
 
 /// What a feed sent.
@@ -70,6 +74,8 @@ pub struct FeedReport {
     pub secs: f64,
     /// Where the stream ended.
     pub cursor: Cursor,
+    /// What the rank's credits did (`None`: off, or the rank grants none).
+    pub credits: Option<CreditStats>,
 }
 
 /// Connects to the rank at `to` (tag = the rank) and sends its stream; `keep_going` is asked
@@ -93,7 +99,8 @@ pub fn feed(
     let max_msg = u32::try_from(ds.max_part_bytes() + SampleHeader::LEN as u64).unwrap_or(u32::MAX);
     let mut b = Sender::builder(to, max_msg)
         .tag(spec.rank)
-        .timeout(opts.timeout);
+        .timeout(opts.timeout)
+        .credits(opts.credits);
     if let Some(d) = &opts.device {
         b = b.device(d);
     }
@@ -123,11 +130,13 @@ pub fn feed(
         messages += 1;
         bytes += (SampleHeader::LEN + msg.payload.len()) as u64;
     }
+    let credits = tx.credits();
     tx.close(Some(opts.timeout)).map_err(send_err)?;
     Ok(FeedReport {
         messages,
         bytes,
         secs: t0.elapsed().as_secs_f64(),
         cursor: stream.cursor(),
+        credits,
     })
 }

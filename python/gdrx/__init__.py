@@ -63,12 +63,14 @@ def _bytes(data: Any) -> bytes:
 class Sender:
     """Sends messages to a gdrx receiver over RDMA.
 
-    ``Sender(ip, port, *, max_msg=65536, device=None, tag=0, depth=16, timeout=20.0)``
+    ``Sender(ip, port, *, max_msg=65536, device=None, tag=0, depth=16, timeout=20.0, credits=True)``
 
     Each message is copied into one of ``depth`` registered buffers and sent (SEND, or
     SEND_WITH_IMM when ``imm`` is given). A receiver whose consumer holds every buffer makes
-    ``send`` wait (RNR back-pressure), never drop; ``timeout`` seconds bound that wait and the
-    connection handshake (``gdrx.Timeout``). ``tag`` is what the receiver reports as
+    ``send`` wait, never drop: for the credits a gdrx receiver grants (no more messages in
+    flight than it has buffers posted), or with ``credits=False`` for RNR NAKs and their
+    retries; ``timeout`` seconds bound that wait and the connection handshake
+    (``gdrx.Timeout``). ``tag`` is what the receiver reports as
     ``Message.peer``. ``device`` defaults to the one the route to the receiver leaves by.
     """
 
@@ -82,9 +84,11 @@ class Sender:
         tag: int = 0,
         depth: int = 16,
         timeout: Optional[float] = 20.0,
+        credits: bool = True,
     ) -> None:
         self._tx = _RawSender(
-            ip, port, max_msg=max_msg, device=device, tag=tag, depth=depth, timeout=timeout
+            ip, port, max_msg=max_msg, device=device, tag=tag, depth=depth, timeout=timeout,
+            credits=credits,
         )
 
     def send(self, data: Union[bytes, bytearray, memoryview, "object"], imm: Optional[int] = None) -> None:
@@ -143,6 +147,13 @@ class Sender:
     def sent(self) -> int:
         """Messages sent so far."""
         return self._tx.sent
+
+    @property
+    def credits(self) -> Optional[Dict[str, int]]:
+        """What the receiver's credits did: ``{"grant", "reads", "waits"}`` (messages granted
+        in all, credit reads, sends that waited for credit); ``None`` when the receiver grants
+        none or ``credits=False``."""
+        return self._tx.credits
 
     @property
     def recv_buf(self) -> int:

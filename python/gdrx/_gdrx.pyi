@@ -137,6 +137,7 @@ class Receiver:
         timeout: Optional[float] = None,
         expect_senders: Optional[int] = None,
         header_split: bool = False,
+        credits: bool = True,
     ) -> None: ...
     @property
     def address(self) -> Tuple[str, int]: ...
@@ -168,11 +169,14 @@ class Sender:
         tag: int = 0,
         depth: int = 16,
         timeout: Optional[float] = 20.0,
+        credits: bool = True,
     ) -> None: ...
     def send(self, data: bytes, imm: Optional[int] = None) -> None: ...
     def send_parts(self, header: bytes, payload: bytes, imm: Optional[int] = None) -> None: ...
     @property
     def sent(self) -> int: ...
+    @property
+    def credits(self) -> Optional[Dict[str, int]]: ...
     @property
     def recv_buf(self) -> int: ...
     def close(self) -> None: ...
@@ -207,5 +211,6 @@ def feed(
     cursor: Tuple[int, int] = (0, 0),
     device: Optional[str] = None,
     timeout: float = 60.0,
+    credits: bool = True,
 ) -> Dict[str, Any]:
     """Feeds one rank over RDMA from ``cursor``; blocks with the GIL released."""

@@ -54,8 +54,10 @@ class Feeder:
     """Streams ``data`` (a directory of .npy or WebDataset tar shards, or a ``gdrx.Dataset``) to
     ``world`` ranks.
 
-    ``Feeder(data, *, world, seed=0, epochs=1, device=None, timeout=60.0)``; ``seed=None`` keeps
-    the dataset's order. ``feed(rank, address, cursor)`` feeds one rank whose address you know;
+    ``Feeder(data, *, world, seed=0, epochs=1, device=None, timeout=60.0, credits=True)``;
+    ``seed=None`` keeps the dataset's order. The feeder sends a rank no more than the credits it
+    grants (its free buffers), so a slow rank holds back only its own stream, at the source;
+    ``credits=False`` leaves that to RNR NAKs. ``feed(rank, address, cursor)`` feeds one rank whose address you know;
     ``serve(store, ...)`` finds the ranks in a store and feeds them, one thread each, resuming
     ranks that restart.
     """
@@ -69,10 +71,11 @@ class Feeder:
         epochs: int = 1,
         device: Optional[str] = None,
         timeout: float = 60.0,
+        credits: bool = True,
     ) -> None:
         self.dataset = data if isinstance(data, _gdrx.Dataset) else _gdrx.Dataset(str(data))
         self.world, self.seed, self.epochs = world, seed, epochs
-        self.device, self.timeout = device, timeout
+        self.device, self.timeout, self.credits = device, timeout, credits
 
     def plan(self, rank: int, epoch: int) -> List[tuple]:
         """Rank ``rank``'s (index, shard, item) of ``epoch``, in the order they are sent."""
@@ -84,6 +87,7 @@ class Feeder:
         return _gdrx.feed(
             self.dataset, tuple(address), rank=rank, world=self.world, seed=self.seed,
             epochs=self.epochs, cursor=tuple(cursor), device=self.device, timeout=self.timeout,
+            credits=self.credits,
         )
 
     def serve(
@@ -170,6 +174,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--feeders", type=int, default=1, help="feeders serving the job")
     ap.add_argument("--device", help="RDMA device (default: the route's)")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds a message may wait for a rank")
+    ap.add_argument("--no-credits", action="store_true",
+                    help="ignore the ranks' credits (RNR NAKs alone hold the feeder back)")
     ap.add_argument("--rejoin-timeout", type=float, default=300.0,
                     help="seconds to wait for a rank to publish itself, or to come back")
     a = ap.parse_args(argv)
@@ -181,7 +187,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     store = TCPStore(host or "0.0.0.0", int(port), is_master=a.host_store, wait_for_workers=False,
                      timeout=timedelta(seconds=a.rejoin_timeout))
     f = Feeder(a.data, world=a.world, seed=None if a.no_shuffle else a.seed, epochs=a.epochs,
-               device=a.device, timeout=a.timeout)
+               device=a.device, timeout=a.timeout, credits=not a.no_credits)
     print(json.dumps({"listening" if a.host_store else "store": a.store, "samples": len(f.dataset),
                       "ranks": [r for r in range(a.world) if r % a.feeders == a.feeder]}), flush=True)
     reports = f.serve(store, feeder=a.feeder, feeders=a.feeders, rejoin_timeout=a.rejoin_timeout)

@@ -113,10 +113,11 @@ pub fn plan(
 
 /// Feeds one rank: connects to `address` (its gdrx.Receiver) and sends its samples from
 /// `cursor` (epoch, samples consumed) to the end of epoch `epochs - 1`, with the GIL released;
-/// Ctrl-C stops it. Returns {"messages", "bytes", "secs", "cursor"}.
+/// Ctrl-C stops it. `credits=False` ignores the rank's credits (RNR NAKs alone hold the feeder
+/// back). Returns {"rank", "messages", "bytes", "secs", "cursor", "credits"}.
 #[pyfunction]
 #[pyo3(signature = (dataset, address, *, rank, world, seed, epochs, cursor=(0, 0), device=None,
-    timeout=60.0))]
+    timeout=60.0, credits=true))]
 #[allow(clippy::too_many_arguments)]
 pub fn feed<'py>(
     py: Python<'py>,
@@ -129,6 +130,7 @@ pub fn feed<'py>(
     cursor: (u32, u64),
     device: Option<String>,
     timeout: f64,
+    credits: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let to = errors::socket_addr(py, &address.0, address.1)?;
     let spec = StreamSpec {
@@ -144,6 +146,7 @@ pub fn feed<'py>(
     let opts = FeedOptions {
         device,
         timeout: Duration::from_secs_f64(timeout.max(0.001)),
+        credits,
     };
     let ds = Arc::clone(&dataset.ds);
     let mut interrupted = None;
@@ -179,5 +182,15 @@ pub fn feed<'py>(
     d.set_item("bytes", r.bytes)?;
     d.set_item("secs", r.secs)?;
     d.set_item("cursor", (r.cursor.epoch, r.cursor.next))?;
+    match r.credits {
+        Some(c) => {
+            let cd = PyDict::new(py);
+            cd.set_item("grant", c.grant)?;
+            cd.set_item("reads", c.reads)?;
+            cd.set_item("waits", c.waits)?;
+            d.set_item("credits", cd)?;
+        }
+        None => d.set_item("credits", py.None())?,
+    }
     Ok(d)
 }

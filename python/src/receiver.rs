@@ -77,7 +77,8 @@ impl State {
 /// Receives messages from gdrx senders into a pool of registered buffers.
 ///
 /// Receiver(ip=None, port=0, *, device=None, provider="host", slot_size=65536, slots=256,
-///          max_peers=64, events=True, timeout=None, expect_senders=None, header_split=False)
+///          max_peers=64, events=True, timeout=None, expect_senders=None, header_split=False,
+///          credits=True)
 ///
 /// Listens on `ip:port` (port 0 picks one; see `address`), or on the RoCE address of `device`.
 /// `provider` is where the buffers live: "host", "hugepage" or "udmabuf" ("gpu" needs a CUDA
@@ -91,6 +92,10 @@ impl State {
 /// (`Sender.send_tensor`) into separate host memory, so that each `slot_size` buffer holds the
 /// tensor alone (and the largest message is `slot_size + 64`); without it the header is the
 /// buffer's first 64 bytes. `Message.tensor()` reads either.
+///
+/// `credits=True` (the default) grants each sender credits from the free buffers, so that
+/// senders wait at the source instead of hitting an empty queue (RNR NAKs); `False` leaves
+/// flow control to RNR NAKs alone.
 #[pyclass(name = "Receiver", module = "gdrx._gdrx", frozen)]
 #[derive(Debug)]
 pub struct PyReceiver {
@@ -166,7 +171,7 @@ impl PyReceiver {
     #[new]
     #[pyo3(signature = (ip=None, port=0, *, device=None, provider="host", slot_size=65536,
         slots=256, max_peers=64, events=true, timeout=None, expect_senders=None,
-        header_split=false))]
+        header_split=false, credits=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -181,6 +186,7 @@ impl PyReceiver {
         timeout: Option<f64>,
         expect_senders: Option<u64>,
         header_split: bool,
+        credits: bool,
     ) -> PyResult<PyReceiver> {
         let prov = self::provider(py, provider)?;
         let builder = match (ip, device) {
@@ -210,6 +216,7 @@ impl PyReceiver {
                 .slots(slot_size, slots)
                 .event_mode(events)
                 .max_peers(max_peers)
+                .credits(credits)
                 .build()
         });
         let rx = built.map_err(|e| errors::receiver(py, &e))?;

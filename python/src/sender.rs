@@ -12,11 +12,12 @@ use crate::wait;
 
 /// Sends messages to a gdrx receiver over RDMA (SEND, or SEND_WITH_IMM with `imm`).
 ///
-/// Sender(ip, port, *, max_msg=65536, device=None, tag=0, depth=16, timeout=20.0)
+/// Sender(ip, port, *, max_msg=65536, device=None, tag=0, depth=16, timeout=20.0, credits=True)
 ///
 /// Each message is copied into one of `depth` registered buffers. A receiver whose consumer
-/// holds every buffer makes `send` wait (RNR back-pressure), never drop; `timeout` (seconds)
-/// bounds that wait, and connecting. `tag` is reported by the receiver as `Message.peer`.
+/// holds every buffer makes `send` wait, never drop: for the credits a gdrx receiver grants
+/// (`credits=False`: for RNR NAKs); `timeout` (seconds) bounds that wait, and connecting. `tag`
+/// is reported by the receiver as `Message.peer`.
 #[pyclass(name = "Sender", module = "gdrx._gdrx", frozen)]
 #[derive(Debug)]
 pub struct PySender {
@@ -62,7 +63,8 @@ impl PySender {
 #[pymethods]
 impl PySender {
     #[new]
-    #[pyo3(signature = (ip, port, *, max_msg=65536, device=None, tag=0, depth=16, timeout=Some(20.0)))]
+    #[pyo3(signature = (ip, port, *, max_msg=65536, device=None, tag=0, depth=16, timeout=Some(20.0),
+        credits=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -73,10 +75,12 @@ impl PySender {
         tag: u32,
         depth: u32,
         timeout: Option<f64>,
+        credits: bool,
     ) -> PyResult<PySender> {
         let mut b = Sender::builder(errors::socket_addr(py, ip, port)?, max_msg)
             .tag(tag)
-            .depth(depth);
+            .depth(depth)
+            .credits(credits);
         if let Some(t) = timeout {
             b = b.timeout(Duration::from_secs_f64(t.max(0.001)));
         }
@@ -116,6 +120,21 @@ impl PySender {
     #[getter]
     fn sent(&self) -> u64 {
         self.lock().as_ref().map_or(0, Sender::sent)
+    }
+
+    /// What the receiver's credits did: {"grant", "reads", "waits"} (messages granted in all,
+    /// credit reads, sends that waited for credit), or None when the receiver grants none or
+    /// `credits=False`.
+    #[getter]
+    fn credits<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, pyo3::types::PyDict>>> {
+        let Some(c) = self.lock().as_ref().and_then(Sender::credits) else {
+            return Ok(None);
+        };
+        let d = pyo3::types::PyDict::new(py);
+        d.set_item("grant", c.grant)?;
+        d.set_item("reads", c.reads)?;
+        d.set_item("waits", c.waits)?;
+        Ok(Some(d))
     }
 
     /// The receiver's buffer size (from its Welcome).

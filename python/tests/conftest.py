@@ -35,12 +35,13 @@ def rdma() -> Env:
 class SenderProc:
     """A sender in another process (sender_proc.py)."""
 
-    def __init__(self, ip: str, port: int, tag: int, count: int, size: int, typed: bool = False) -> None:
+    def __init__(self, ip: str, port: int, tag: int, count: int, size: int, typed: bool = False,
+                 options: tuple = ()) -> None:
         env = dict(os.environ, PYTHONPATH=str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.tag, self.count, self.size = tag, count, size
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "sender_proc.py"), ip, str(port), str(tag), str(count), str(size)]
-            + (["typed"] if typed else []),
+            + (["typed"] if typed else []) + list(options),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -65,9 +66,9 @@ def senders():
     """Starts senders; kills the ones still running at the end of the test."""
     started = []
 
-    def start(rx, tag: int, count: int, size: int, typed: bool = False) -> SenderProc:
+    def start(rx, tag: int, count: int, size: int, typed: bool = False, options: tuple = ()) -> SenderProc:
         ip, port = rx.address
-        s = SenderProc(ip, port, tag, count, size, typed)
+        s = SenderProc(ip, port, tag, count, size, typed, options)
         started.append(s)
         return s
 

@@ -68,6 +68,8 @@ def test_two_ranks_get_every_sample_once_per_epoch(rdma, npy_dataset):
     assert set(got) == {0, 1}, "both consumers finished"
     assert [len(got[0]), len(got[1])] == [40, 40], "20 samples per rank per epoch, 2 epochs"
     assert [r["messages"] for r in reports] == [80, 80]
+    # Each feeder was held back by its rank's credits, which covered every message sent.
+    assert all(r["credits"] is not None and r["credits"]["grant"] >= 80 for r in reports), reports
     for epoch in (0, 1):
         samples = sorted((s, i) for r in (0, 1) for (e, _, s, i) in got[r] if e == epoch)
         assert samples == [(s, i) for s, n in enumerate(SHARDS) for i in range(n)], "each sample once"

@@ -85,7 +85,7 @@ def test_a_consumer_holding_every_buffer_stalls_the_sender_and_loses_nothing(rdm
         while len(held) < slots:
             held += rx.poll(timeout=60)
         assert len(held) == slots
-        # Every buffer is held: nothing more can arrive, the sender waits on RNR.
+        # Every buffer is held: nothing more can arrive, the sender waits for credit.
         assert rx.poll(timeout=1.0) == []
         st = rx.stats()
         assert st["exhausted"] >= 1 and st["posted"] == 0, st

@@ -465,6 +465,7 @@ fn teardown_with_work_requests_posted_is_clean() {
             flags: 0,
             recv_buf: 4096,
             window: None,
+            credits: None,
         };
         let rconn = req.accept(&rspec, &welcome.encode()).unwrap();
         let mut sconn = client.join().unwrap();

@@ -26,6 +26,11 @@ impl<'a, T> Batch<'a, T> {
     pub fn is_empty(&self) -> bool {
         self.events.len() == 0
     }
+
+    /// The events not taken yet, to look at before taking them.
+    pub fn as_slice(&self) -> &[T] {
+        self.events.as_slice()
+    }
 }
 
 impl<T> Iterator for Batch<'_, T> {

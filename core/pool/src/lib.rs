@@ -417,6 +417,16 @@ impl Pool {
         }
     }
 
+    /// Drains returned slots and posts every free one now, instead of waiting for the low
+    /// watermark (for a caller that needs the receives posted: credits granted from them).
+    ///
+    /// # Errors
+    /// As [`Pool::poll`]'s refill: a refused post, a failed growth.
+    pub fn top_up(&mut self) -> Result<()> {
+        self.drain_returns();
+        self.refill(true)
+    }
+
     /// A handle for raw returns (see [`Returner`]).
     pub fn returner(&self) -> Returner {
         Returner(Arc::clone(&self.shared))

@@ -91,6 +91,7 @@ pub mod sender;
 pub mod srq;
 mod sys;
 pub mod wait;
+pub mod words;
 pub mod wr;
 
 pub use cm::{connect, ConnEvent, ConnectRequest, Connection, ConnectionSpec, Listener};
@@ -105,9 +106,10 @@ pub use mem::{page_size, HostMemory, MemoryKind};
 pub use mr::{Access, Mr, MrKind};
 pub use pd::{DmabufSupport, Pd};
 pub use qp::{QpCaps, QpConfig, QpState, QueuePair};
-pub use sender::Sender;
+pub use sender::{CreditStats, Sender};
 pub use srq::{Srq, SrqConfig};
 pub use wait::{wait_for, Waiter};
+pub use words::ReadWords;
 pub use wr::{BatchFull, RecvBatch, SendBatch, SendFlags, SendOp, Sge};
 
 // The handshake's messages fit in what RDMA CM carries.

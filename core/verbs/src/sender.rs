@@ -2,9 +2,13 @@
 //! [`Hello`], check its [`Welcome`], and send messages (SEND, or SEND_WITH_IMM with immediate
 //! data) copied into a ring of registered buffers, up to `depth` in flight.
 //!
-//! A receiver whose consumer holds every buffer answers with RNR NAKs; the sender's QP retries
-//! forever (`rnr_retry` 7), so `send` blocks instead of losing messages. Its wait is bounded by
-//! the timeout the caller gives.
+//! A receiver that grants credits (its Welcome carries a [`CreditWord`]) is never sent more
+//! messages than it has receives posted for this sender: once the grant is used up, `send`
+//! waits, re-reading the grant with an RDMA READ (one read per half grant in steady state, so the
+//! sender rarely waits at all). Without credits (an older receiver, or
+//! [`SenderBuilder::credits`]`(false)`), a receiver whose consumer holds every buffer answers
+//! with RNR NAKs; the sender's QP retries forever (`rnr_retry` 7), so `send` blocks instead of
+//! losing messages. Either wait is bounded by the timeout the caller gives.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -24,7 +28,7 @@ use crate::{
     device_names, Access, Connection, ConnectionSpec, Cq, Device, Error, HostMemory, Mr, QpConfig,
     SendBatch, SendFlags, SendOp, WorkCompletion,
 };
-use gdrx_wire::{Hello, Welcome, WireError};
+use gdrx_wire::{CreditWord, Hello, Welcome, WireError};
 
 /// What went wrong connecting or sending.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +75,7 @@ pub struct SenderBuilder {
     tag: u32,
     depth: u32,
     timeout: Duration,
+    credits: bool,
 }
 
 impl SenderBuilder {
@@ -92,6 +97,14 @@ impl SenderBuilder {
     #[must_use]
     pub fn depth(mut self, n: u32) -> Self {
         self.depth = n.max(1);
+        self
+    }
+
+    /// Use the credits a receiver grants (default true); `false` sends regardless and leaves
+    /// flow control to RNR NAKs (to measure what credits save).
+    #[must_use]
+    pub fn credits(mut self, on: bool) -> Self {
+        self.credits = on;
         self
     }
 
@@ -130,9 +143,10 @@ impl SenderBuilder {
         let dev = Device::open(device)?;
         let pd = dev.alloc_pd()?;
         let depth = self.depth as usize;
-        let cq = Cq::new(&dev, self.depth + 1)?;
+        // One more send WR and completion than messages in flight: the credit READ.
+        let cq = Cq::new(&dev, self.depth + 2)?;
         let qp = QpConfig {
-            max_send_wr: self.depth,
+            max_send_wr: self.depth + 1,
             max_recv_wr: 1,
             ..QpConfig::default()
         };
@@ -152,9 +166,27 @@ impl SenderBuilder {
             });
         }
         let slot = (self.max_msg as usize).max(1);
-        let mem = Arc::new(HostMemory::new(slot * depth)?);
+        // The message buffers, then the 8-byte word credit READs land in.
+        let credit_off = (slot * depth).next_multiple_of(8);
+        let mem = Arc::new(HostMemory::new(credit_off + 8)?);
         let mr = pd.register(Arc::clone(&mem), Access::recv())?;
+        let credits = welcome
+            .credits
+            .filter(|_| self.credits)
+            .map(|word| Credits {
+                word,
+                grant: u64::from(word.initial),
+                low: u64::from(word.initial / 2).max(1),
+                off: credit_off,
+                reading: false,
+                dry: 0,
+                stats: CreditStats {
+                    grant: u64::from(word.initial),
+                    ..CreditStats::default()
+                },
+            });
         Ok(Sender {
+            credits,
             conn,
             cq,
             mr,
@@ -172,8 +204,41 @@ impl SenderBuilder {
     }
 }
 
+/// What a sender's credits did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CreditStats {
+    /// Messages the receiver has granted in all (the last grant read).
+    pub grant: u64,
+    /// Credit READs completed.
+    pub reads: u64,
+    /// Sends that had to wait for credit.
+    pub waits: u64,
+}
+
+/// The READ of the credit word is this work request.
+const CREDIT_READ: u64 = u64::MAX;
+/// Back-off between READs that found no new credit: from the first to the cap, doubling.
+const CREDIT_BACKOFF: (Duration, Duration) = (Duration::from_micros(20), Duration::from_millis(1));
+
+#[derive(Debug)]
+struct Credits {
+    word: CreditWord,
+    /// Messages this sender may have sent in all.
+    grant: u64,
+    /// Re-read the grant once no more than this many credits are left.
+    low: u64,
+    /// Where in `mem` READs land.
+    off: usize,
+    /// A READ is posted.
+    reading: bool,
+    /// READs in a row that brought no new credit.
+    dry: u32,
+    stats: CreditStats,
+}
+
 /// A connection to a gdrx receiver that sends copied messages; see the [module docs](self).
 pub struct Sender {
+    credits: Option<Credits>,
     conn: Connection,
     cq: Arc<Cq>,
     mr: Mr,
@@ -211,7 +276,13 @@ impl Sender {
             tag: 0,
             depth: 16,
             timeout: Duration::from_secs(20),
+            credits: true,
         }
+    }
+
+    /// What the receiver's credits did (`None`: it grants none, or they are off).
+    pub fn credits(&self) -> Option<CreditStats> {
+        self.credits.as_ref().map(|c| c.stats)
     }
 
     /// What the receiver said when it accepted (its buffer size, a WRITE window).
@@ -274,6 +345,9 @@ impl Sender {
                 return Ok(false);
             }
         }
+        if !self.wait_for_credit(deadline)? {
+            return Ok(false);
+        }
         let mut off = self.next * self.slot;
         let start = off;
         for part in parts {
@@ -305,7 +379,76 @@ impl Sender {
         self.next = (self.next + 1) % self.depth;
         self.in_flight += 1;
         self.sent += 1;
+        // Ask for more before the grant runs out, so that the sender rarely waits.
+        if self
+            .credits
+            .as_ref()
+            .is_some_and(|c| !c.reading && c.grant.saturating_sub(self.sent) <= c.low)
+        {
+            self.read_credit()?;
+        }
         Ok(true)
+    }
+
+    /// Waits until the grant covers one more message (always, without credits). `Ok(false)`:
+    /// the deadline passed.
+    fn wait_for_credit(&mut self, deadline: Option<Instant>) -> Result<bool, SenderError> {
+        let Some(c) = self.credits.as_mut() else {
+            return Ok(true);
+        };
+        if self.sent < c.grant {
+            return Ok(true);
+        }
+        c.stats.waits += 1;
+        loop {
+            let c = self.credits.as_mut().expect("credits are on");
+            if self.sent < c.grant {
+                return Ok(true);
+            }
+            if !c.reading {
+                if c.dry > 0 {
+                    // The receiver had nothing more to give: do not hammer it with READs.
+                    let nap = CREDIT_BACKOFF
+                        .0
+                        .saturating_mul(1 << c.dry.min(10))
+                        .min(CREDIT_BACKOFF.1);
+                    if deadline.is_some_and(|d| Instant::now() + nap >= d) {
+                        return Ok(false);
+                    }
+                    std::thread::sleep(nap);
+                }
+                self.read_credit()?;
+            }
+            if !self.reap(deadline)? {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Posts the READ of the credit word.
+    fn read_credit(&mut self) -> Result<(), SenderError> {
+        let c = self.credits.as_mut().expect("credits are on");
+        let sge = self
+            .mr
+            .sge(c.off, 8)
+            .expect("the credit word lies in the MR");
+        self.batch.clear();
+        self.batch
+            .push(
+                CREDIT_READ,
+                SendOp::RdmaRead {
+                    remote_addr: c.word.addr,
+                    rkey: c.word.rkey,
+                },
+                &[sge],
+                SendFlags::SIGNALED,
+            )
+            .expect("a batch of one");
+        // SAFETY: the SGE lies in `mr`, which outlives the READ (as for sends); the 8 bytes at
+        // `off` are written only by this READ, and read only once its completion was polled.
+        unsafe { self.conn.qp().post_send(&mut self.batch) }.map_err(Error::from)?;
+        c.reading = true;
+        Ok(())
     }
 
     /// Waits up to `timeout` for every posted message to complete. `Ok(false)`: some are still
@@ -345,10 +488,30 @@ impl Sender {
         loop {
             let n = self.cq.poll(&mut self.wcs)?;
             if n > 0 {
+                let mut sends = n;
                 for wc in &self.wcs[..n] {
                     wc.result().map_err(Error::from)?;
+                    if wc.wr_id() == CREDIT_READ {
+                        sends -= 1;
+                        let c = self.credits.as_mut().expect("only credits post READs");
+                        // SAFETY: the READ completed: its 8 bytes at `off` (in `mem`, 8-aligned)
+                        // are written and nothing else writes them.
+                        let raw = unsafe {
+                            std::ptr::read_volatile(self.mem.as_ptr().add(c.off).cast::<[u8; 8]>())
+                        };
+                        let grant = u64::from_le_bytes(raw);
+                        c.reading = false;
+                        c.stats.reads += 1;
+                        if grant > c.grant {
+                            c.grant = grant;
+                            c.stats.grant = grant;
+                            c.dry = 0;
+                        } else {
+                            c.dry = c.dry.saturating_add(1);
+                        }
+                    }
                 }
-                self.in_flight -= n;
+                self.in_flight -= sends;
                 return Ok(true);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {

@@ -304,6 +304,15 @@ pub enum SendOp {
         /// Peer MR's remote key.
         rkey: u32,
     },
+    /// RDMA READ of the peer's memory at `remote_addr` (an MR registered with remote read
+    /// access) into the local SGEs (memory registered with local write access). Needs an
+    /// outstanding-READ allowance on both sides ([`crate::ConnectionSpec::rd_atomic`]).
+    RdmaRead {
+        /// Peer address.
+        remote_addr: u64,
+        /// Peer MR's remote key.
+        rkey: u32,
+    },
     /// RDMA WRITE with immediate data: writes like [`SendOp::RdmaWrite`], then consumes one
     /// receive work request at the peer, whose completion carries `imm`.
     RdmaWriteWithImm {
@@ -362,6 +371,9 @@ impl SendBatch {
             SendOp::SendWithImm(imm) => (ibv_wr_opcode::IBV_WR_SEND_WITH_IMM, imm, (0, 0)),
             SendOp::RdmaWrite { remote_addr, rkey } => {
                 (ibv_wr_opcode::IBV_WR_RDMA_WRITE, 0, (remote_addr, rkey))
+            }
+            SendOp::RdmaRead { remote_addr, rkey } => {
+                (ibv_wr_opcode::IBV_WR_RDMA_READ, 0, (remote_addr, rkey))
             }
             SendOp::RdmaWriteWithImm {
                 remote_addr,

@@ -12,9 +12,14 @@
 //! ```text
 //! Hello   (connect request, 16 bytes): magic u32 | version u8 | kind=1 u8 | flags u16 |
 //!                                      conn_tag u32 | max_msg u32
-//! Welcome (accept, 40 bytes):          magic u32 | version u8 | kind=2 u8 | flags u16 |
-//!                                      recv_buf u32 | rkey u32 | addr u64 | len u64 | reserved u64
+//! Welcome (accept, 56 bytes):          magic u32 | version u8 | kind=2 u8 | flags u16 |
+//!                                      recv_buf u32 | rkey u32 | addr u64 | len u64 | reserved u64 |
+//!                                      credit_rkey u32 | credit_initial u32 | credit_addr u64
 //! ```
+//!
+//! A Welcome with flag [`WELCOME_CREDITS`] grants the sender credits: `credit_addr` (remote key
+//! `credit_rkey`) is a little-endian u64 in the receiver's memory that the sender RDMA READs, the
+//! number of messages it may have sent in all on this connection (see [`CreditWord`]).
 //!
 //! The [`sample`] module has the 64-byte header that leads each typed message (dtype, shape,
 //! epoch, shard and index) on the data path.
@@ -33,6 +38,9 @@ pub use sample::{DType, SampleHeader};
 const KIND_HELLO: u8 = 1;
 const KIND_WELCOME: u8 = 2;
 const KIND_SAMPLE: u8 = 3;
+
+/// [`Welcome::flags`] bit: the Welcome carries a [`CreditWord`].
+pub const WELCOME_CREDITS: u16 = 1;
 
 /// Why private data does not parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -148,20 +156,41 @@ pub struct RemoteWindow {
     pub rkey: u32,
 }
 
+/// Credits a receiver grants one sender: where its grant lives, and the grant at accept time.
+///
+/// The grant is a little-endian u64 at `addr` (remote key `rkey`, RDMA READ access) that only
+/// grows: the number of messages the sender may have sent in all on this connection. A sender
+/// that has sent `grant` messages waits (re-reading the word) instead of sending into an empty
+/// receive queue, so that it is not stalled by RNR NAKs and their retry timer. The receiver
+/// computes the grant from what it has received from that sender and its share of the receives
+/// posted; a grant read too early only makes the sender wait, one read torn or too high costs
+/// an RNR retry, never a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreditWord {
+    /// Address of the u64 (as registered).
+    pub addr: u64,
+    /// Remote key.
+    pub rkey: u32,
+    /// The grant when the connection was accepted.
+    pub initial: u32,
+}
+
 /// Sent by the accepting side with its accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Welcome {
-    /// Flags (none defined yet).
+    /// Flags ([`WELCOME_CREDITS`]; unknown bits are ignored).
     pub flags: u16,
     /// Size of each posted receive buffer: the largest SEND the receiver accepts.
     pub recv_buf: u32,
     /// Memory the sender may RDMA WRITE into, if any.
     pub window: Option<RemoteWindow>,
+    /// Credits, when the receiver grants them (flag [`WELCOME_CREDITS`]).
+    pub credits: Option<CreditWord>,
 }
 
 impl Welcome {
     /// Encoded length.
-    pub const LEN: usize = 40;
+    pub const LEN: usize = 56;
 
     /// Encodes the message.
     pub fn encode(&self) -> [u8; Self::LEN] {
@@ -169,12 +198,21 @@ impl Welcome {
         b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
         b[4] = VERSION;
         b[5] = KIND_WELCOME;
-        b[6..8].copy_from_slice(&self.flags.to_le_bytes());
+        let flags = match self.credits {
+            Some(_) => self.flags | WELCOME_CREDITS,
+            None => self.flags & !WELCOME_CREDITS,
+        };
+        b[6..8].copy_from_slice(&flags.to_le_bytes());
         b[8..12].copy_from_slice(&self.recv_buf.to_le_bytes());
         if let Some(w) = self.window {
             b[12..16].copy_from_slice(&w.rkey.to_le_bytes());
             b[16..24].copy_from_slice(&w.addr.to_le_bytes());
             b[24..32].copy_from_slice(&w.len.to_le_bytes());
+        }
+        if let Some(c) = self.credits {
+            b[40..44].copy_from_slice(&c.rkey.to_le_bytes());
+            b[44..48].copy_from_slice(&c.initial.to_le_bytes());
+            b[48..56].copy_from_slice(&c.addr.to_le_bytes());
         }
         b
     }
@@ -193,6 +231,11 @@ impl Welcome {
                 rkey: u32_at(buf, 12),
                 addr: u64_at(buf, 16),
                 len,
+            }),
+            credits: (flags & WELCOME_CREDITS != 0).then(|| CreditWord {
+                rkey: u32_at(buf, 40),
+                initial: u32_at(buf, 44),
+                addr: u64_at(buf, 48),
             }),
         })
     }
@@ -224,12 +267,42 @@ mod tests {
                 len: 1 << 20,
                 rkey: 0x1234,
             }),
+            credits: None,
         };
         let mut padded = [0u8; 196];
         padded[..Welcome::LEN].copy_from_slice(&w.encode());
         assert_eq!(Welcome::decode(&padded), Ok(w));
         let n = Welcome { window: None, ..w };
         assert_eq!(Welcome::decode(&n.encode()), Ok(n));
+    }
+
+    #[test]
+    fn welcome_credits_roundtrip_and_set_their_flag() {
+        let w = Welcome {
+            flags: 0,
+            recv_buf: 4096,
+            window: None,
+            credits: Some(CreditWord {
+                addr: 0x7f12_3456_7008,
+                rkey: 0xabcd,
+                initial: 255,
+            }),
+        };
+        let b = w.encode();
+        assert_eq!(
+            u16::from_le_bytes([b[6], b[7]]) & WELCOME_CREDITS,
+            WELCOME_CREDITS
+        );
+        let back = Welcome::decode(&b).unwrap();
+        assert_eq!(back.credits, w.credits);
+        assert_eq!(back.flags & WELCOME_CREDITS, WELCOME_CREDITS);
+        // A flag without credits is dropped on encode; a Welcome without the flag has none.
+        let none = Welcome {
+            flags: WELCOME_CREDITS,
+            credits: None,
+            ..w
+        };
+        assert_eq!(Welcome::decode(&none.encode()).unwrap().credits, None);
     }
 
     #[test]
@@ -249,7 +322,7 @@ mod tests {
         v[4] = 9;
         assert_eq!(Hello::decode(&v), Err(WireError::Version(9)));
         assert_eq!(
-            Welcome::decode(&[h.as_slice(), &[0u8; 40]].concat()),
+            Welcome::decode(&[h.as_slice(), &[0u8; 56]].concat()),
             Err(WireError::WrongKind { got: 1, want: 2 })
         );
         assert!(WireError::BadMagic(7)
