@@ -11,6 +11,11 @@
 #                                             # the Python consumer (gdrx.Receiver + numpy)
 #                                             # against the Rust one and a TCP socket, and the
 #                                             # binding's per-message overhead
+#   deploy/run-bench.sh feed [--samples 4000 --shape 3,64,64 --reps 3]
+#                                             # the data service: gdrx-feed over RDMA into the
+#                                             # training loop against torch's DataLoader (0 and
+#                                             # 2 workers) and a TCP stream; RNR NAKs with
+#                                             # credits on and off
 #
 # Arguments are those of `gdrx-bench compare` (see `gdrx-bench compare --help`), or a mode name
 # and its arguments. The table is also written to target/testbed/bench.txt; compare writes the
@@ -27,6 +32,16 @@ if [ "${1:-}" = python ]; then
     deploy/testbed.sh -- "$venv/bin/python" python/bench/consumer_bench.py \
         --bench target/release/gdrx-bench --json target/testbed/python-bench.json "$@" \
         | tee target/testbed/python-bench.txt
+    exit "${PIPESTATUS[0]}"
+fi
+if [ "${1:-}" = feed ]; then
+    shift
+    cargo build --locked --release -p gdrx-feed
+    venv=$(deploy/python-env.sh)
+    mkdir -p target/testbed
+    GDRX_VM_MEMORY=${GDRX_VM_MEMORY:-4G} deploy/testbed.sh -- "$venv/bin/python" python/bench/feed_bench.py \
+        --feed target/release/gdrx-feed --json target/testbed/feed-bench.json "$@" \
+        | tee target/testbed/feed-bench.txt
     exit "${PIPESTATUS[0]}"
 fi
 mode=compare

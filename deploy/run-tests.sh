@@ -9,6 +9,7 @@
 #      it fails when told to use a missing device, and the testbed's output into a file
 #   5. the Python package (deploy/python-env.sh: a venv with torch, jax, numpy; pip install
 #      ./python), the Kubernetes manifests' schema validation, and the pytest suite in the testbed
+#   6. the data service's multi-host rehearsal (deploy/rehearse.sh: three VMs, separate kernels)
 # Extra arguments are passed to the rxe suite as test-name filters.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -76,5 +77,8 @@ deploy/k8s/validate.sh "$venv"
 step "Python suite (pytest: numpy, torch and jax consumers, the feeder) in the soft-RoCE testbed"
 # torch and jax need more than the VM's default 2 GiB.
 GDRX_VM_MEMORY=${GDRX_VM_MEMORY:-4G} deploy/testbed.sh -- deploy/guest/python-suite.sh "$venv"
+
+step "the data service across separate kernels: 1 feeder VM + 2 rank VMs joined by QEMU links (deploy/rehearse.sh)"
+deploy/rehearse.sh --ranks 2
 
 step "all tests passed"

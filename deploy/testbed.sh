@@ -76,30 +76,12 @@ run_native() {
     return "$rc"
 }
 
-find_vng() {
-    local venv=${GDRX_VENV:-$HOME/.local/share/gdrx/venv}
-    if [ -x "$venv/bin/vng" ]; then echo "$venv/bin/vng"; elif command -v vng >/dev/null; then command -v vng; fi
-}
-
-find_kernel() {
-    if [ -n "${GDRX_KERNEL:-}" ]; then echo "$GDRX_KERNEL"; return; fi
-    ls /boot/vmlinuz-6.12.* 2>/dev/null | sort -V | tail -n1
-}
+# shellcheck source=deploy/vm-lib.sh
+. "$HERE/vm-lib.sh"
 
 run_vm() {
-    local vng kernel
-    vng=$(find_vng)
-    kernel=$(find_kernel)
-    if [ -z "$vng" ] || [ -z "$kernel" ] || ! command -v qemu-system-x86_64 >/dev/null || ! command -v rdma >/dev/null; then
-        log "installing what the VM testbed needs"
-        "$HERE/install-deps.sh"
-        vng=$(find_vng)
-        kernel=$(find_kernel)
-    fi
-    [ -n "$vng" ] || { log "virtme-ng (vng) not found after install"; exit 1; }
-    # vng starts its helpers (virtme-run, ...) through PATH: they sit beside it in the venv.
-    PATH="$(dirname "$vng"):$PATH"
-    [ -r "$kernel" ] || { log "kernel image $kernel not readable"; exit 1; }
+    vm_prepare
+    local vng=$VM_VNG kernel=$VM_KERNEL
     local cpus=${GDRX_VM_CPUS:-$(nproc)}
     [ "$cpus" -gt 4 ] && cpus=4
     local mem=${GDRX_VM_MEMORY:-2G}
@@ -110,12 +92,7 @@ run_vm() {
     local guest="$OUT/.gdrx-guest.sh" rcfile="$OUT/.gdrx-guest.rc"
     rm -f "$rcfile"
     {
-        echo '#!/usr/bin/env bash'
-        echo 'set -u'
-        printf 'export PATH=%q HOME=%q\n' "$PATH" "$HOME"
-        for v in $(compgen -e | grep -E '^(GDRX_|RUST_|CARGO_)' || true); do
-            printf 'export %s=%q\n' "$v" "${!v}"
-        done
+        vm_guest_env
         printf 'export GDRX_RXE_NAME=rxe0 GDRX_RDMA_DEV=rxe0 GDRX_RDMA_IP=%q GDRX_OUT=%q GDRX_TESTBED=vm\n' "$IP" "$OUT"
         printf '%q up || { echo 97 > %q; exit 97; }\n' "$HERE/rxe-setup.sh" "$rcfile"
         printf 'cd %q || exit 98\n' "$PWD"

@@ -77,7 +77,7 @@ pub use gdrx_verbs::{cm, cq, device, error, event, mem, mr, pd, qp, srq, wait, w
 pub use gdrx_wire as wire;
 
 pub mod accept;
-mod credits;
+pub mod credits;
 pub mod receiver;
 pub use gdrx_verbs::sender;
 pub use gdrx_verbs::Sender;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use gdrx_core::sender::{CreditStats, SenderError};
 use gdrx_core::Sender;
-use gdrx_wire::SampleHeader;
+use gdrx_wire::{SampleHeader, END_OF_STREAM};
 
 use crate::dataset::Dataset;
 use crate::plan::Cursor;
@@ -78,8 +78,9 @@ pub struct FeedReport {
     pub credits: Option<CreditStats>,
 }
 
-/// Connects to the rank at `to` (tag = the rank) and sends its stream; `keep_going` is asked
-/// between messages (every 64) and stops the feed when it returns false.
+/// Connects to the rank at `to` (tag = the rank) and sends its stream, then the end-of-stream
+/// message ([`END_OF_STREAM`]); `keep_going` is asked between messages (every 64) and stops the
+/// feed when it returns false.
 ///
 /// # Errors
 /// [`FeedError`].
@@ -129,6 +130,19 @@ pub fn feed(
         }
         messages += 1;
         bytes += (SampleHeader::LEN + msg.payload.len()) as u64;
+    }
+    // The end of the stream, so that the rank tells it from a feeder that died.
+    if !tx
+        .send(&[], Some(END_OF_STREAM), Some(opts.timeout))
+        .map_err(send_err)?
+    {
+        let c = stream.cursor();
+        return Err(FeedError::Stalled {
+            rank: spec.rank,
+            secs: opts.timeout.as_secs_f64(),
+            epoch: c.epoch,
+            index: c.next,
+        });
     }
     let credits = tx.credits();
     tx.close(Some(opts.timeout)).map_err(send_err)?;

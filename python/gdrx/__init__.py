@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from . import errors
-from ._gdrx import Dataset, Message, Receiver, SampleHeader, Tensor, __version__, devices, plan
+from ._gdrx import END_OF_STREAM, Dataset, Message, Receiver, SampleHeader, Tensor, __version__, devices, plan
 from ._gdrx import Sender as _RawSender
 from .errors import *  # noqa: F401,F403 (the exceptions: errors.__all__)
 from .errors import ProtocolError
@@ -45,6 +45,7 @@ __all__ = [
     "Tensor",
     "SampleHeader",
     "tensors",
+    "END_OF_STREAM",
     "Dataset",
     "plan",
     "Feeder",
@@ -175,9 +176,14 @@ def tensors(rx: Receiver) -> Iterator[Union[Tensor, Tuple[Tensor, ...]]]:
     """Yields the typed messages of ``rx`` as ``Tensor``s until the stream ends: one per
     message, or for a sample sent in ``parts`` (an image and its label) a tuple of its parts in
     order. Each message's own reference is released: the tensors hold the buffers. A part out
-    of order (a sender that skipped one) raises ``ProtocolError``."""
+    of order (a sender that skipped one) raises ``ProtocolError``. A sender's end-of-stream
+    message (``END_OF_STREAM``: 0 bytes, that immediate data; ``gdrx-feed`` and ``gdrx.Feeder``
+    send it last) is not yielded."""
     partial: Dict[int, List[Tensor]] = {}
     for msg in rx:
+        if msg.nbytes == 0 and msg.imm == END_OF_STREAM:
+            msg.release()
+            continue
         t = msg.tensor()
         key = msg.qp_num
         msg.release()

@@ -5,6 +5,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 __version__: str
 
+END_OF_STREAM: int
+"""The immediate data of the 0-byte message that ends a typed stream (gdrx-feed sends it last)."""
+
 def devices() -> List[str]:
     """The RDMA device names present."""
 
@@ -141,6 +144,10 @@ class Receiver:
     ) -> None: ...
     @property
     def address(self) -> Tuple[str, int]: ...
+    @property
+    def expect_senders(self) -> int: ...
+    @expect_senders.setter
+    def expect_senders(self, n: int) -> None: ...
     @property
     def ended(self) -> bool: ...
     def poll(self, timeout: Optional[float] = None, max: Optional[int] = None) -> List[Message]: ...

@@ -23,12 +23,12 @@ import json
 import sys
 import threading
 import time
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from . import _gdrx
-from .errors import ConnectFailed, PeerGone, Refused, Timeout
+from .errors import ConnectFailed, PeerGone, ProtocolError, Refused, Timeout
 
-__all__ = ["Feeder", "publish", "rank_key", "main"]
+__all__ = ["Feeder", "publish", "rank_key", "receive", "main"]
 
 
 def rank_key(rank: int) -> str:
@@ -41,6 +41,90 @@ def publish(store: Any, rank: int, ip: str, port: int, epoch: int, next: int) ->
     gen = int(store.add(rank_key(rank) + "/gen", 1))
     store.set(rank_key(rank), json.dumps({"ip": ip, "port": port, "epoch": epoch, "next": next, "gen": gen}))
     return gen
+
+
+def _done_key(rank: int) -> str:
+    return rank_key(rank) + "/done"
+
+
+def receive(
+    rx: "_gdrx.Receiver",
+    store: Any,
+    rank: int,
+    cursor: Callable[[], Tuple[int, int]],
+    rejoin_timeout: float = 300.0,
+) -> Iterator[Any]:
+    """The rank's side of the data service: publishes ``rx``'s address and ``cursor()`` (the
+    epoch and the samples of it consumed) in ``store``, and yields the samples the feeder
+    serving the rank sends (a ``Tensor``, or a tuple of them for a sample in parts) until the
+    feeder's end-of-stream message.
+
+    A feeder connection that goes away without it (the feeder died or was restarted) is not the
+    end: the rank publishes its cursor again, so that a feeder (the restarted one, or the old one
+    reconnecting) resumes there, and waits up to ``rejoin_timeout`` seconds for it
+    (``gdrx.PeerGone`` after that). Samples at or before the last one yielded (a feeder that
+    resumed from an older cursor) are dropped, and a sample cut off by the feeder's death is
+    sent again whole: none is lost or repeated. The caller counts a sample consumed in
+    ``cursor()`` once it takes it."""
+    ip, port = rx.address
+    epoch, nxt = cursor()
+    publish(store, rank, ip, port, epoch, nxt)
+    if store.check([_done_key(rank)]):
+        store.delete_key(_done_key(rank))  # a new stream for this rank: not done yet
+    last: Optional[Tuple[int, int]] = None  # (epoch, index) of the last sample yielded
+    partial: Dict[int, List[Any]] = {}
+    lost_since: Optional[float] = None
+    while True:
+        msgs = rx.poll(timeout=0.25)
+        if not msgs:
+            st = rx.stats()
+            if st["connected"] > 0 and st["gone"] == st["connected"]:
+                # Every feeder connection went away before the end of the stream.
+                if lost_since is None:
+                    lost_since = time.monotonic()
+                    # Keep accepting (the stream has not ended), and say where the rank is.
+                    rx.expect_senders = st["connected"] + 1
+                    epoch, nxt = cursor()
+                    publish(store, rank, ip, port, epoch, nxt)
+                elif time.monotonic() - lost_since > rejoin_timeout:
+                    epoch, nxt = cursor()
+                    raise PeerGone(
+                        f"rank {rank}: its feeder went away at epoch {epoch} sample {nxt} and no "
+                        f"feeder came back within {rejoin_timeout:.0f} s (store key {rank_key(rank)})"
+                    )
+                time.sleep(0.05)
+            else:
+                lost_since = None
+            continue
+        lost_since = None
+        for msg in msgs:
+            if msg.nbytes == 0 and msg.imm == _gdrx.END_OF_STREAM:
+                msg.release()
+                epoch, nxt = cursor()
+                store.set(_done_key(rank), json.dumps({"epoch": epoch, "next": nxt}))
+                return
+            t = msg.tensor()
+            key = msg.qp_num
+            msg.release()
+            h = t.header
+            if h.parts == 1:
+                sample = t
+            else:
+                got = partial.setdefault(key, [])
+                if h.part != len(got) or (got and got[0].header.index != h.index):
+                    raise ProtocolError(
+                        f"rank {rank}: sample index {h.index} part {h.part} of {h.parts} arrived "
+                        f"out of order (QP {key}): the parts of a sample must be sent back to back"
+                    )
+                got.append(t)
+                if len(got) < h.parts:
+                    continue
+                del partial[key]
+                sample = tuple(got)
+            if last is not None and (h.epoch, h.index) <= last:
+                continue  # sent again by a feeder that resumed from an older cursor
+            last = (h.epoch, h.index)
+            yield sample
 
 
 def _read(store: Any, rank: int) -> Optional[dict]:
@@ -126,10 +210,15 @@ class Feeder:
         return reports
 
     def _serve_rank(self, store: Any, rank: int, rejoin_timeout: float) -> Dict[str, Any]:
-        last_gen, feeds, resumed = 0, 0, []
+        last_gen, feeds, resumed, started = 0, 0, [], None
         while True:
             deadline = time.monotonic() + rejoin_timeout
             while True:
+                if store.check([_done_key(rank)]):
+                    # The rank has its whole stream (this feeder restarted after it finished).
+                    done = json.loads(store.get(_done_key(rank)))
+                    return {"rank": rank, "messages": 0, "feeds": feeds, "resumed_at": resumed,
+                            "started_at": started, "done": (done["epoch"], done["next"])}
                 info = _read(store, rank)
                 if info is not None and info["gen"] > last_gen:
                     break
@@ -142,6 +231,8 @@ class Feeder:
             cursor = (info["epoch"], info["next"])
             if feeds:
                 resumed.append(cursor)
+            else:
+                started = cursor
             feeds += 1
             try:
                 report = self.feed(rank, (info["ip"], info["port"]), cursor)
@@ -154,7 +245,7 @@ class Feeder:
                 if isinstance(e, Refused):
                     raise
                 continue
-            report.update(feeds=feeds, resumed_at=resumed)
+            report.update(feeds=feeds, resumed_at=resumed, started_at=started)
             return report
 
 

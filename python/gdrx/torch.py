@@ -42,7 +42,10 @@ class RdmaIterableDataset(torch.utils.data.IterableDataset):
     (a torch ``TCPStore``; see ``gdrx.feeder``), where the ``gdrx.Feeder`` serving the rank finds
     it. ``state_dict()`` is ``{"rank", "epoch", "next"}``: the epoch and the samples of it
     consumed; ``load_state_dict()`` of a saved one before iterating makes a restarted rank resume
-    there, with no sample lost or repeated. ``rank`` defaults to ``$RANK`` (torchrun).
+    there, with no sample lost or repeated. ``rank`` defaults to ``$RANK`` (torchrun). A feeder
+    that dies or restarts in the middle is waited for (``rejoin_timeout`` seconds) and resumes
+    at the rank's cursor (``gdrx.feeder.receive``); the stream ends at the feeder's
+    end-of-stream message.
 
     ``RdmaIterableDataset(receiver=None, transform=None, typed=False, **receiver_kwargs)``: give
     an open ``gdrx.Receiver``, or the keyword arguments to build one (it is then closed when
@@ -59,6 +62,7 @@ class RdmaIterableDataset(torch.utils.data.IterableDataset):
         typed: bool = False,
         store: Any = None,
         rank: Optional[int] = None,
+        rejoin_timeout: float = 300.0,
         **receiver_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -70,7 +74,7 @@ class RdmaIterableDataset(torch.utils.data.IterableDataset):
         self._kwargs = receiver_kwargs
         self._transform = transform
         self._typed = typed
-        self._store = store
+        self._store, self._rejoin = store, rejoin_timeout
         self.rank = int(os.environ.get("RANK", "0")) if rank is None else rank
         self._epoch, self._next = 0, 0
 
@@ -95,10 +99,13 @@ class RdmaIterableDataset(torch.utils.data.IterableDataset):
         rx = gdrx.Receiver(**self._kwargs) if own else self._rx
         try:
             if self._store is not None:
-                ip, port = rx.address
-                gdrx.feeder.publish(self._store, self.rank, ip, port, self._epoch, self._next)
+                samples = gdrx.feeder.receive(
+                    rx, self._store, self.rank, lambda: (self._epoch, self._next), self._rejoin
+                )
+            elif self._typed:
+                samples = gdrx.tensors(rx)
             if self._typed:
-                for sample in gdrx.tensors(rx):
+                for sample in samples:
                     h = (sample[0] if isinstance(sample, tuple) else sample).header
                     if h.epoch != self._epoch:
                         self._epoch, self._next = h.epoch, 0
@@ -110,6 +117,9 @@ class RdmaIterableDataset(torch.utils.data.IterableDataset):
                     yield self._transform(t) if self._transform else t
                 return
             for msg in rx:
+                if msg.nbytes == 0 and msg.imm == gdrx.END_OF_STREAM:
+                    msg.release()  # a feeder's end-of-stream message
+                    continue
                 t = torch.from_dlpack(msg)
                 msg.release()  # the tensor keeps the buffer now
                 yield self._transform(t) if self._transform else t

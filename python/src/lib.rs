@@ -31,5 +31,6 @@ fn _gdrx(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(feed::feed, m)?)?;
     m.add_function(wrap_pyfunction!(devices, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("END_OF_STREAM", gdrx_core::wire::END_OF_STREAM)?;
     Ok(())
 }

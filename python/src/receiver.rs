@@ -240,6 +240,20 @@ impl PyReceiver {
         })
     }
 
+    /// Senders the stream has: iteration (and a blocking `poll`) ends only once this many have
+    /// connected and every one has left. Raising it after a sender left early keeps the
+    /// receiver accepting, for a sender that comes back (what `gdrx.feeder.receive` does when
+    /// a feeder dies).
+    #[getter]
+    fn expect_senders(&self) -> u64 {
+        self.lock().expect
+    }
+
+    #[setter]
+    fn set_expect_senders(&self, n: u64) {
+        self.lock().expect = n;
+    }
+
     /// (ip, port) the receiver listens on.
     #[getter]
     fn address(&self) -> (String, u16) {

@@ -4,8 +4,9 @@
 //!
 //! A receiver that grants credits (its Welcome carries a [`CreditWord`]) is never sent more
 //! messages than it has receives posted for this sender: once the grant is used up, `send`
-//! waits, re-reading the grant with an RDMA READ (one read per half grant in steady state, so the
-//! sender rarely waits at all). Without credits (an older receiver, or
+//! waits, re-reading the grant with an RDMA READ (ahead of need, once half the grant is used, so
+//! the sender rarely waits; a READ that brought nothing new is repeated only a quarter of the
+//! grant later, or while the sender waits, with a back-off). Without credits (an older receiver, or
 //! [`SenderBuilder::credits`]`(false)`), a receiver whose consumer holds every buffer answers
 //! with RNR NAKs; the sender's QP retries forever (`rnr_retry` 7), so `send` blocks instead of
 //! losing messages. Either wait is bounded by the timeout the caller gives.
@@ -177,6 +178,7 @@ impl SenderBuilder {
                 word,
                 grant: u64::from(word.initial),
                 low: u64::from(word.initial / 2).max(1),
+                read_at: u64::from(word.initial).saturating_sub(u64::from(word.initial / 2).max(1)),
                 off: credit_off,
                 reading: false,
                 dry: 0,
@@ -227,6 +229,8 @@ struct Credits {
     grant: u64,
     /// Re-read the grant once no more than this many credits are left.
     low: u64,
+    /// Ahead of need, READ the grant again once `sent` reaches this.
+    read_at: u64,
     /// Where in `mem` READs land.
     off: usize,
     /// A READ is posted.
@@ -383,7 +387,7 @@ impl Sender {
         if self
             .credits
             .as_ref()
-            .is_some_and(|c| !c.reading && c.grant.saturating_sub(self.sent) <= c.low)
+            .is_some_and(|c| !c.reading && self.sent >= c.read_at)
         {
             self.read_credit()?;
         }
@@ -509,6 +513,14 @@ impl Sender {
                         } else {
                             c.dry = c.dry.saturating_add(1);
                         }
+                        // The next READ ahead of need: once half the grant left is used, or
+                        // (nothing new came) after a quarter of the window more messages, not
+                        // at every message.
+                        c.read_at = if c.dry == 0 {
+                            c.grant.saturating_sub(c.low)
+                        } else {
+                            self.sent + (c.low / 2).max(1)
+                        };
                     }
                 }
                 self.in_flight -= sends;

@@ -33,7 +33,7 @@ pub const VERSION: u8 = 1;
 // private-data limits (`cm::MAX_CONNECT_PRIVATE_DATA`, `cm::MAX_ACCEPT_PRIVATE_DATA`).
 
 pub mod sample;
-pub use sample::{DType, SampleHeader};
+pub use sample::{DType, SampleHeader, END_OF_STREAM};
 
 const KIND_HELLO: u8 = 1;
 const KIND_WELCOME: u8 = 2;

@@ -91,6 +91,13 @@ impl DType {
     }
 }
 
+/// The immediate data of the message that ends a typed stream: a SEND_WITH_IMM of 0 bytes
+/// carrying this value (`b"GEND"` read as a little-endian u32) says the sender sent everything
+/// it meant to. A connection that goes away without it ended early (the sender died or was
+/// stopped), and a rank waits for a feeder to resume the stream. Typed messages carry no
+/// immediate data of their own, so the two cannot be confused.
+pub const END_OF_STREAM: u32 = u32::from_le_bytes(*b"GEND");
+
 /// The header of one typed message; see the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SampleHeader {

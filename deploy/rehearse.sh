@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# gdrx: the data service's multi-host rehearsal on one machine. Boots one feeder VM and N rank
+# VMs (deploy/hosts.sh: separate kernels, each with its own soft-RoCE device, joined by QEMU
+# links), runs the feeder command with torch's TCPStore in the first and a rank
+# (RdmaIterableDataset) in each of the others, then checks what the ranks received: every
+# sample exactly once per epoch across the ranks, in the planned order, bit-identical to the
+# shards.
+#
+#   deploy/rehearse.sh [--ranks N]      (default 2)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ranks=2
+[ "${1:-}" = --ranks ] && { ranks=$2; shift 2; }
+deploy/install-deps.sh >&2
+venv=$(deploy/python-env.sh)
+out=target/hosts
+rm -rf "$out"
+mkdir -p "$out"
+"$venv/bin/python" deploy/rehearsal/service.py data "$out/data"
+deploy/hosts.sh --ranks "$ranks" --out "$out" -- "$venv/bin/python" deploy/rehearsal/service.py run "$(pwd)/$out"
+"$venv/bin/python" deploy/rehearsal/service.py check "$out" "$ranks"
