@@ -37,6 +37,23 @@ impl PeerCredit {
     }
 }
 
+/// What the grant rules need to know of the senders granted credits: how many they are, and the
+/// credits they hold (granted, not used yet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Tally {
+    n: u64,
+    held: u64,
+}
+
+impl Tally {
+    pub(crate) fn of<'a>(peers: impl Iterator<Item = &'a PeerCredit>) -> Tally {
+        peers.fold(Tally::default(), |t, p| Tally {
+            n: t.n + 1,
+            held: t.held + p.outstanding(),
+        })
+    }
+}
+
 /// The grant words.
 #[derive(Debug)]
 pub(crate) struct CreditTable {
@@ -77,23 +94,25 @@ impl CreditTable {
         self.free.push(c.slot);
     }
 
-    /// The first grant of a sender joining `peers`, with `posted` receives posted: its share,
-    /// but no more than what the others' grants leave.
-    pub(crate) fn initial<'a>(posted: u32, peers: impl Iterator<Item = &'a PeerCredit>) -> u32 {
-        let (mut n, mut outstanding) = (1u64, 0u64);
-        for p in peers {
-            n += 1;
-            outstanding += p.outstanding();
-        }
+    /// The first grant of a sender joining the senders of `others`, with `posted` receives
+    /// posted: its share, but no more than what the others' grants leave.
+    pub(crate) fn initial(posted: u32, others: Tally) -> u32 {
         let posted = u64::from(posted);
-        let share = (posted / n).min(posted.saturating_sub(outstanding));
+        let share = (posted / (others.n + 1)).min(posted.saturating_sub(others.held));
         u32::try_from(share).unwrap_or(u32::MAX)
     }
 
-    /// Raises the senders' grants ([`raise_grants`]) and publishes the new ones; true when a
-    /// sender is left with no credit.
-    pub(crate) fn raise(&self, peers: &mut [&mut PeerCredit], posted: u32) -> bool {
-        raise_grants(peers, posted, |p| self.words.store(p.slot, p.granted))
+    /// Raises the grants of `peers` (whose [`Tally`] is `tally`; see [`raise_grants`]) and
+    /// publishes the new ones; true when a sender is left with no credit.
+    pub(crate) fn raise<'a>(
+        &self,
+        peers: impl Iterator<Item = &'a mut PeerCredit>,
+        tally: Tally,
+        posted: u32,
+    ) -> bool {
+        raise_grants(peers, tally, posted, |p| {
+            self.words.store(p.slot, p.granted)
+        })
     }
 }
 
@@ -102,30 +121,31 @@ impl CreditTable {
 /// grew. Together the senders can then never have more messages on their way than there are
 /// receives posted, even while the shares change (a sender joined, and an older one still
 /// holds a larger share). Returns true when a sender is left with no credit.
-fn raise_grants(
-    peers: &mut [&mut PeerCredit],
+fn raise_grants<'a>(
+    peers: impl Iterator<Item = &'a mut PeerCredit>,
+    tally: Tally,
     posted: u32,
     mut raised: impl FnMut(&PeerCredit),
 ) -> bool {
-    let n = peers.len() as u64;
-    if n == 0 {
+    if tally.n == 0 {
         return false;
     }
     let posted = u64::from(posted);
     // At least one each while receives are posted, so that more senders than receives do not
     // stall all of them (`spare` still bounds the total).
-    let share = (posted / n).max(u64::from(posted > 0));
-    let held: u64 = peers.iter().map(|p| p.outstanding()).sum();
-    let mut spare = posted.saturating_sub(held);
-    for p in peers.iter_mut() {
+    let share = (posted / tally.n).max(u64::from(posted > 0));
+    let mut spare = posted.saturating_sub(tally.held);
+    let mut starved = false;
+    for p in peers {
         let more = (p.received + share).saturating_sub(p.granted).min(spare);
         if more > 0 {
             spare -= more;
             p.granted += more;
             raised(p);
         }
+        starved |= p.outstanding() == 0;
     }
-    peers.iter().any(|p| p.outstanding() == 0)
+    starved
 }
 
 #[cfg(test)]
@@ -142,25 +162,27 @@ mod tests {
 
     #[test]
     fn a_newcomer_gets_its_share_but_not_what_others_hold() {
-        assert_eq!(CreditTable::initial(256, [].iter()), 256);
+        let initial =
+            |posted, others: &[PeerCredit]| CreditTable::initial(posted, Tally::of(others.iter()));
+        assert_eq!(initial(256, &[]), 256);
         // One peer holding 100 of 256: the newcomer's share is 128.
-        assert_eq!(CreditTable::initial(256, [peer(0, 100)].iter()), 128);
+        assert_eq!(initial(256, &[peer(0, 100)]), 128);
         // One peer holding all 256 outstanding: nothing until it uses them up.
-        assert_eq!(CreditTable::initial(256, [peer(10, 266)].iter()), 0);
-        assert_eq!(CreditTable::initial(256, [peer(0, 200)].iter()), 56);
+        assert_eq!(initial(256, &[peer(10, 266)]), 0);
+        assert_eq!(initial(256, &[peer(0, 200)]), 56);
     }
 
     #[test]
     fn grants_never_add_up_to_more_than_the_receives_posted() {
         let raise = |peers: &mut [PeerCredit], posted: u32| {
-            let mut refs: Vec<&mut PeerCredit> = peers.iter_mut().collect();
+            let tally = Tally::of(peers.iter());
             let mut n = 0;
-            raise_grants(&mut refs, posted, |_| n += 1);
+            raise_grants(peers.iter_mut(), tally, posted, |_| n += 1);
             n
         };
         let starved = |peers: &mut [PeerCredit], posted: u32| {
-            let mut refs: Vec<&mut PeerCredit> = peers.iter_mut().collect();
-            raise_grants(&mut refs, posted, |_| {})
+            let tally = Tally::of(peers.iter());
+            raise_grants(peers.iter_mut(), tally, posted, |_| {})
         };
         let held = |peers: &[PeerCredit]| peers.iter().map(PeerCredit::outstanding).sum::<u64>();
         // An old sender holds all 8 posted receives; a new one gets nothing until they arrive.

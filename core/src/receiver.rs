@@ -58,7 +58,7 @@ use gdrx_verbs::{
 use gdrx_wire::Hello;
 
 use crate::accept::admit_hello_with_credits;
-use crate::credits::{CreditTable, PeerCredit};
+use crate::credits::{CreditTable, PeerCredit, Tally};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
@@ -552,8 +552,10 @@ impl Receiver {
         let accept = &self.accept;
         // A word for the newcomer's grant, claimed before the Welcome that names it.
         let posted = self.pool.posted();
-        let initial =
-            CreditTable::initial(posted, self.peers.iter().filter_map(|p| p.credit.as_ref()));
+        let initial = CreditTable::initial(
+            posted,
+            Tally::of(self.peers.iter().filter_map(|p| p.credit.as_ref())),
+        );
         let mut credit = self.credits.as_mut().and_then(|t| t.claim(initial));
         let word = credit.as_ref().map(|(_, w)| *w);
         let admission =
@@ -720,9 +722,12 @@ fn count_messages(peers: &mut [Peer], events: &[RecvEvent]) {
 /// `posted`, within what the grants outstanding leave of `posted` (see [`CreditTable::raise`]).
 /// True when a sender is left with no credit.
 fn raise_grants(table: &CreditTable, peers: &mut [Peer], posted: u32) -> bool {
-    let mut credits: Vec<&mut PeerCredit> =
-        peers.iter_mut().filter_map(|p| p.credit.as_mut()).collect();
-    table.raise(&mut credits, posted)
+    let tally = Tally::of(peers.iter().filter_map(|p| p.credit.as_ref()));
+    table.raise(
+        peers.iter_mut().filter_map(|p| p.credit.as_mut()),
+        tally,
+        posted,
+    )
 }
 
 // The receiver moves to its polling thread.

@@ -29,12 +29,13 @@ Rules:
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 from . import errors
 from ._gdrx import END_OF_STREAM, Dataset, Message, Receiver, SampleHeader, Tensor, __version__, devices, plan
 from ._gdrx import Sender as _RawSender
 from .errors import *  # noqa: F401,F403 (the exceptions: errors.__all__)
+from ._parts import Parts, is_end
 from .errors import ProtocolError
 from .feeder import Feeder  # noqa: E402
 
@@ -179,29 +180,13 @@ def tensors(rx: Receiver) -> Iterator[Union[Tensor, Tuple[Tensor, ...]]]:
     of order (a sender that skipped one) raises ``ProtocolError``. A sender's end-of-stream
     message (``END_OF_STREAM``: 0 bytes, that immediate data; ``gdrx-feed`` and ``gdrx.Feeder``
     send it last) is not yielded."""
-    partial: Dict[int, List[Tensor]] = {}
+    parts = Parts()
     for msg in rx:
-        if msg.nbytes == 0 and msg.imm == END_OF_STREAM:
+        if is_end(msg):
             msg.release()
             continue
-        t = msg.tensor()
-        key = msg.qp_num
-        msg.release()
-        h = t.header
-        if h.parts == 1:
-            yield t
-            continue
-        got = partial.setdefault(key, [])
-        if h.part != len(got) or (got and got[0].header.index != h.index):
-            have = f"index {got[0].header.index} parts 0..{len(got)}" if got else "nothing"
-            raise ProtocolError(
-                f"sample index {h.index} part {h.part} of {h.parts} arrived after {have} "
-                f"(QP {key}): the parts of a sample must be sent back to back, in order"
-            )
-        got.append(t)
-        if len(got) == h.parts:
-            del partial[key]
-            yield tuple(got)
-    if partial:
-        left = {k: (v[0].header.index, len(v), v[0].header.parts) for k, v in partial.items()}
-        raise ProtocolError(f"the stream ended inside samples (QP: (index, parts seen, parts)): {left}")
+        sample = parts.add(msg)
+        if sample is not None:
+            yield sample
+    if parts.partial:
+        raise ProtocolError(f"the stream ended inside samples (QP: (index, parts seen, parts)): {parts.left()}")

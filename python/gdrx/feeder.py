@@ -26,6 +26,7 @@ import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from . import _gdrx
+from ._parts import Parts, is_end
 from .errors import ConnectFailed, PeerGone, ProtocolError, Refused, Timeout
 
 __all__ = ["Feeder", "publish", "rank_key", "receive", "main"]
@@ -72,7 +73,7 @@ def receive(
     if store.check([_done_key(rank)]):
         store.delete_key(_done_key(rank))  # a new stream for this rank: not done yet
     last: Optional[Tuple[int, int]] = None  # (epoch, index) of the last sample yielded
-    partial: Dict[int, List[Any]] = {}
+    parts = Parts()
     lost_since: Optional[float] = None
     while True:
         msgs = rx.poll(timeout=0.25)
@@ -98,29 +99,18 @@ def receive(
             continue
         lost_since = None
         for msg in msgs:
-            if msg.nbytes == 0 and msg.imm == _gdrx.END_OF_STREAM:
+            if is_end(msg):
                 msg.release()
                 epoch, nxt = cursor()
                 store.set(_done_key(rank), json.dumps({"epoch": epoch, "next": nxt}))
                 return
-            t = msg.tensor()
-            key = msg.qp_num
-            msg.release()
-            h = t.header
-            if h.parts == 1:
-                sample = t
-            else:
-                got = partial.setdefault(key, [])
-                if h.part != len(got) or (got and got[0].header.index != h.index):
-                    raise ProtocolError(
-                        f"rank {rank}: sample index {h.index} part {h.part} of {h.parts} arrived "
-                        f"out of order (QP {key}): the parts of a sample must be sent back to back"
-                    )
-                got.append(t)
-                if len(got) < h.parts:
-                    continue
-                del partial[key]
-                sample = tuple(got)
+            try:
+                sample = parts.add(msg)
+            except ProtocolError as e:
+                raise ProtocolError(f"rank {rank}: {e}") from None
+            if sample is None:
+                continue
+            h = (sample[0] if isinstance(sample, tuple) else sample).header
             if last is not None and (h.epoch, h.index) <= last:
                 continue  # sent again by a feeder that resumed from an older cursor
             last = (h.epoch, h.index)

@@ -16,6 +16,7 @@ import torch.utils.data
 
 import gdrx
 import gdrx.feeder
+from gdrx._parts import is_end
 
 __all__ = ["RdmaIterableDataset", "to_tensor", "from_tensor"]
 
@@ -117,7 +118,7 @@ class RdmaIterableDataset(torch.utils.data.IterableDataset):
                     yield self._transform(t) if self._transform else t
                 return
             for msg in rx:
-                if msg.nbytes == 0 and msg.imm == gdrx.END_OF_STREAM:
+                if is_end(msg):
                     msg.release()  # a feeder's end-of-stream message
                     continue
                 t = torch.from_dlpack(msg)

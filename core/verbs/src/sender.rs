@@ -171,22 +171,21 @@ impl SenderBuilder {
         let credit_off = (slot * depth).next_multiple_of(8);
         let mem = Arc::new(HostMemory::new(credit_off + 8)?);
         let mr = pd.register(Arc::clone(&mem), Access::recv())?;
-        let credits = welcome
-            .credits
-            .filter(|_| self.credits)
-            .map(|word| Credits {
+        let credits = welcome.credits.filter(|_| self.credits).map(|word| {
+            let grant = u64::from(word.initial);
+            let low = (grant / 2).max(1);
+            Credits {
                 word,
-                grant: u64::from(word.initial),
-                low: u64::from(word.initial / 2).max(1),
-                read_at: u64::from(word.initial).saturating_sub(u64::from(word.initial / 2).max(1)),
+                grant,
+                low,
+                read_at: grant.saturating_sub(low),
                 off: credit_off,
                 reading: false,
                 dry: 0,
-                stats: CreditStats {
-                    grant: u64::from(word.initial),
-                    ..CreditStats::default()
-                },
-            });
+                reads: 0,
+                waits: 0,
+            }
+        });
         Ok(Sender {
             credits,
             conn,
@@ -237,7 +236,10 @@ struct Credits {
     reading: bool,
     /// READs in a row that brought no new credit.
     dry: u32,
-    stats: CreditStats,
+    /// READs completed.
+    reads: u64,
+    /// Sends that waited for credit.
+    waits: u64,
 }
 
 /// A connection to a gdrx receiver that sends copied messages; see the [module docs](self).
@@ -286,7 +288,11 @@ impl Sender {
 
     /// What the receiver's credits did (`None`: it grants none, or they are off).
     pub fn credits(&self) -> Option<CreditStats> {
-        self.credits.as_ref().map(|c| c.stats)
+        self.credits.as_ref().map(|c| CreditStats {
+            grant: c.grant,
+            reads: c.reads,
+            waits: c.waits,
+        })
     }
 
     /// What the receiver said when it accepted (its buffer size, a WRITE window).
@@ -403,7 +409,7 @@ impl Sender {
         if self.sent < c.grant {
             return Ok(true);
         }
-        c.stats.waits += 1;
+        c.waits += 1;
         loop {
             let c = self.credits.as_mut().expect("credits are on");
             if self.sent < c.grant {
@@ -505,10 +511,9 @@ impl Sender {
                         };
                         let grant = u64::from_le_bytes(raw);
                         c.reading = false;
-                        c.stats.reads += 1;
+                        c.reads += 1;
                         if grant > c.grant {
                             c.grant = grant;
-                            c.stats.grant = grant;
                             c.dry = 0;
                         } else {
                             c.dry = c.dry.saturating_add(1);
