@@ -3,14 +3,16 @@
 //! ```text
 //! gdrx-feed --data DIR --to IP:PORT --rank R --world W [--seed S | --no-shuffle]
 //!           [--epochs N] [--from-epoch E] [--from K] [--device DEV] [--timeout SECS]
-//!           [--no-credits]
+//!           [--batch-size B] [--no-credits]
 //! ```
 //!
 //! It opens the dataset (`.npy` shards or WebDataset tar shards), plans rank `R`'s samples of
 //! each epoch (gdrx-feed's plan: every sample once per epoch across the `W` ranks, shuffled by
 //! the seed and the epoch), connects to the rank's `gdrx.Receiver` (tag = `R`) and sends each
 //! part of each sample as a typed message (a 64-byte sample header, then the bytes), from epoch
-//! `E` position `K` to the end of epoch `N - 1`. The feeder sends no more than the credits the
+//! `E` position `K` to the end of epoch `N - 1`. With `--batch-size B` it collates up to `B`
+//! consecutive samples of the plan into one message per part (a batch, stacked along a new
+//! first dimension; an epoch's last batch may be shorter). The feeder sends no more than the credits the
 //! rank grants (its free buffers; `--no-credits` leaves that to RNR NAKs): a rank whose consumer
 //! holds every buffer stalls the feeder (back-pressure), for at most `--timeout` seconds per
 //! message. It prints one JSON
@@ -65,6 +67,10 @@ struct Args {
     /// Seconds a message may wait for the rank (and the connection may take).
     #[arg(long, default_value_t = 60.0)]
     timeout: f64,
+    /// Samples per message: more than 1 collates that many consecutive samples into one batch
+    /// per part (every sample's part must then have one dtype and shape).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    batch_size: u32,
     /// Ignore the rank's credits (flow control by RNR NAKs alone, to measure what credits save).
     #[arg(long)]
     no_credits: bool,
@@ -85,13 +91,14 @@ fn main() -> anyhow::Result<()> {
             next: a.from,
         },
         until_epoch: a.epochs,
+        batch: a.batch_size,
     };
     let opts = FeedOptions {
         device: a.device.clone(),
         timeout: Duration::from_secs_f64(a.timeout.max(0.001)),
         credits: !a.no_credits,
     };
-    let r = feed(&ds, spec, a.to, &opts, || true)?;
+    let r = feed(&ds, spec, a.to, &opts, || true, None)?;
     let credits = r.credits.map_or_else(
         || "null".to_owned(),
         |c| {

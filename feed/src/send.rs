@@ -48,6 +48,22 @@ pub enum FeedError {
     /// `keep_going` said stop.
     #[error("stopped at epoch {} position {}", .0.epoch, .0.next)]
     Stopped(Cursor),
+    /// The rank disconnected after it was sent its whole stream, before it said it was done
+    /// with it (it died, or was restarted, holding samples it had not consumed).
+    #[error(
+        "rank {rank} at {to} disconnected before it was done with its stream (it had been sent \
+         everything up to epoch {} position {}): it may have died holding unconsumed samples; \
+         it resumes from the cursor it publishes when it comes back",
+        .cursor.epoch, .cursor.next
+    )]
+    Gone {
+        /// The rank.
+        rank: u32,
+        /// Its address.
+        to: SocketAddr,
+        /// Where the stream it was sent ended.
+        cursor: Cursor,
+    },
 }
 
 /// How to reach the rank.
@@ -82,6 +98,12 @@ pub struct FeedReport {
 /// message ([`END_OF_STREAM`]); `keep_going` is asked between messages (every 64) and stops the
 /// feed when it returns false.
 ///
+/// With `until_done`, the feed then keeps the connection until the rank is done with the
+/// stream: the rank may still hold, unconsumed, much of what it was sent, and die before it
+/// consumes it. `until_done` is asked about every 250 ms (and `keep_going` with it) and ends
+/// the feed when it returns true (the rank said it is done, or it came back under a new
+/// identity); a rank that disconnects before that is [`FeedError::Gone`].
+///
 /// # Errors
 /// [`FeedError`].
 pub fn feed(
@@ -90,6 +112,7 @@ pub fn feed(
     to: SocketAddr,
     opts: &FeedOptions,
     mut keep_going: impl FnMut() -> bool,
+    mut until_done: Option<&mut dyn FnMut() -> bool>,
 ) -> Result<FeedReport, FeedError> {
     let send_err = |source| FeedError::Send {
         rank: spec.rank,
@@ -97,7 +120,11 @@ pub fn feed(
         source: Box::new(source),
     };
     let mut stream = RankStream::new(ds, spec)?;
-    let max_msg = u32::try_from(ds.max_part_bytes() + SampleHeader::LEN as u64).unwrap_or(u32::MAX);
+    let max_msg = ds
+        .max_part_bytes()
+        .checked_mul(u64::from(spec.batch.max(1)))
+        .and_then(|b| u32::try_from(b + SampleHeader::LEN as u64).ok())
+        .unwrap_or(u32::MAX);
     let mut b = Sender::builder(to, max_msg)
         .tag(spec.rank)
         .timeout(opts.timeout)
@@ -143,6 +170,37 @@ pub fn feed(
             epoch: c.epoch,
             index: c.next,
         });
+    }
+    if let Some(done) = until_done.as_mut() {
+        // Every message delivered first: then only the rank's own end remains to wait for.
+        if !tx.flush(Some(opts.timeout)).map_err(send_err)? {
+            let c = stream.cursor();
+            return Err(FeedError::Stalled {
+                rank: spec.rank,
+                secs: opts.timeout.as_secs_f64(),
+                epoch: c.epoch,
+                index: c.next,
+            });
+        }
+        while !done() {
+            if tx
+                .wait_disconnected(Duration::from_millis(250))
+                .map_err(send_err)?
+            {
+                // A rank that finished and closed its receiver says so before it closes.
+                if done() {
+                    break;
+                }
+                return Err(FeedError::Gone {
+                    rank: spec.rank,
+                    to,
+                    cursor: stream.cursor(),
+                });
+            }
+            if !keep_going() {
+                return Err(FeedError::Stopped(stream.cursor()));
+            }
+        }
     }
     let credits = tx.credits();
     tx.close(Some(opts.timeout)).map_err(send_err)?;

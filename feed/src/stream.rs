@@ -3,11 +3,19 @@
 //! Each planned sample becomes one message per part (an image and its label: two), each led by
 //! a [`SampleHeader`] with the part's dtype and shape, the sample's epoch index, shard and item,
 //! and `part`/`parts`. The receiving side (`gdrx.tensors` in Python) groups the parts again.
+//!
+//! With a batch size `B > 1` ([`StreamSpec::batch`]) the stream collates: up to `B` consecutive
+//! samples of the rank's plan (never across an epoch's end, so an epoch's last batch may be
+//! shorter) become one message per part, the parts stacked along a new first dimension, the way
+//! torch's `default_collate` stacks them. Its header has the [`SampleHeader::BATCH`] flag,
+//! `count` samples, shape `[count, ...]`, and the first sample's `index`, `shard` and `item`.
+//! The rank takes a whole batch into its training loop, zero copy, and counts `count` samples
+//! consumed; the batch boundaries follow from the cursor (`B`, `2B`, ... after it).
 
 use gdrx_wire::SampleHeader;
 
-use crate::dataset::{Dataset, DatasetError};
-use crate::plan::{Cursor, EpochPlan, PlanError};
+use crate::dataset::{Dataset, DatasetError, Part, Sample};
+use crate::plan::{Cursor, EpochPlan, PlanError, Planned};
 
 /// Why a stream stopped.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +63,9 @@ pub struct StreamSpec {
     pub from: Cursor,
     /// The epoch after the last one.
     pub until_epoch: u32,
+    /// Samples per message: 0 or 1 sends each sample as it is, `B > 1` collates up to `B`
+    /// consecutive samples into one batch per part (see the [module docs](self)).
+    pub batch: u32,
 }
 
 /// The messages of one rank from `spec.from` to the end of epoch `spec.until_epoch - 1`.
@@ -97,9 +108,18 @@ impl<'a> RankStream<'a> {
             let Some(plan) = &self.plan else {
                 return Ok(false);
             };
-            if let Some(p) = plan.get(self.cursor.next) {
-                let sample = self.ds.read(p.shard, p.item)?;
-                let parts = sample.parts.len();
+            let first = self.cursor.next;
+            let n = u64::from(self.spec.batch.max(1)).min(plan.len().saturating_sub(first));
+            if n > 0 {
+                let planned: Vec<Planned> = (first..first + n)
+                    .map(|k| plan.get(k).expect("k < len"))
+                    .collect();
+                let samples = planned
+                    .iter()
+                    .map(|p| self.ds.read(p.shard, p.item))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let batched = self.spec.batch > 1;
+                let p = planned[0];
                 let bad = |part: usize, why: String| StreamError::Header {
                     shard: p.shard,
                     item: p.item,
@@ -108,23 +128,30 @@ impl<'a> RankStream<'a> {
                 };
                 let item = u32::try_from(p.item)
                     .map_err(|_| bad(0, "its item number is over u32::MAX".into()))?;
-                let nparts = u8::try_from(parts)
-                    .map_err(|_| bad(0, format!("{parts} parts (at most 255)")))?;
-                for (i, part) in sample.parts.into_iter().enumerate() {
-                    let mut h = SampleHeader::new(part.dtype, &part.shape)
-                        .map_err(|e| bad(i, e.to_string()))?;
+                let tensors =
+                    collate(samples, &planned, batched).map_err(|(part, why)| bad(part, why))?;
+                let nparts = u8::try_from(tensors.len())
+                    .map_err(|_| bad(0, format!("{} parts (at most 255)", tensors.len())))?;
+                for (i, t) in tensors.into_iter().enumerate() {
+                    let mut h =
+                        SampleHeader::new(t.dtype, &t.shape).map_err(|e| bad(i, e.to_string()))?;
                     h.index = p.index;
                     h.epoch = plan.epoch();
                     h.shard = p.shard;
                     h.item = item;
                     h.part = i as u8;
                     h.parts = nparts;
+                    if batched {
+                        h.flags |= SampleHeader::BATCH;
+                        // n <= spec.batch, a u32.
+                        h.count = n as u32;
+                    }
                     self.queue.push_back(Message {
                         header: h,
-                        payload: part.data,
+                        payload: t.data,
                     });
                 }
-                self.cursor.next += 1;
+                self.cursor.next += n;
                 return Ok(true);
             }
             // The epoch is done: the next one, or the end.
@@ -143,6 +170,62 @@ impl<'a> RankStream<'a> {
             };
         }
     }
+}
+
+/// The parts of `samples` as one tensor each: the sample's own parts when not `batched`, else
+/// each part stacked along a new first dimension (`[n, ...]`, C order: the samples' bytes one
+/// after the other). Every sample must have the same parts, each of one dtype and shape;
+/// otherwise the part's number and why. `planned[k]` is where `samples[k]` comes from.
+fn collate(
+    samples: Vec<Sample>,
+    planned: &[Planned],
+    batched: bool,
+) -> Result<Vec<Part>, (usize, String)> {
+    let n = samples.len() as u64;
+    let mut it = samples.into_iter();
+    let Some(first) = it.next() else {
+        return Ok(Vec::new());
+    };
+    if !batched {
+        return Ok(first.parts);
+    }
+    let mut out = first.parts;
+    for t in &mut out {
+        t.data.reserve(t.data.len() * (n as usize - 1));
+    }
+    for (s, p) in it.zip(&planned[1..]) {
+        let which = format!("shard {} item {}", p.shard, p.item);
+        if s.parts.len() != out.len() {
+            return Err((
+                0,
+                format!(
+                    "{which} has {} parts, the batch's first {}",
+                    s.parts.len(),
+                    out.len()
+                ),
+            ));
+        }
+        for (i, (t, part)) in out.iter_mut().zip(s.parts).enumerate() {
+            if part.dtype != t.dtype || part.shape != t.shape {
+                return Err((
+                    i,
+                    format!(
+                        "cannot batch samples of different dtypes or shapes: {which} is {} {:?}, \
+                         the batch's first {} {:?} (send them one by one: batch size 1)",
+                        part.dtype.name().unwrap_or("?"),
+                        part.shape,
+                        t.dtype.name().unwrap_or("?"),
+                        t.shape
+                    ),
+                ));
+            }
+            t.data.extend_from_slice(&part.data);
+        }
+    }
+    for t in &mut out {
+        t.shape.insert(0, n);
+    }
+    Ok(out)
 }
 
 impl Iterator for RankStream<'_> {
@@ -166,13 +249,19 @@ mod tests {
     use crate::npy::encode_header;
 
     fn dataset(tag: &str) -> (std::path::PathBuf, Dataset) {
+        dataset_of(tag, [2, 2])
+    }
+
+    /// Shards 0 (5 items) and 1 (3 items): x float32 `[width[s]]`, y uint8.
+    fn dataset_of(tag: &str, width: [u64; 2]) -> (std::path::PathBuf, Dataset) {
         let dir =
             std::env::temp_dir().join(format!("gdrx-feed-stream-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         for (s, n) in [(0u8, 5u64), (1, 3)] {
-            let mut x = encode_header("<f4", &[n, 2]);
-            for i in 0..n * 2 {
+            let w = width[usize::from(s)];
+            let mut x = encode_header("<f4", &[n, w]);
+            for i in 0..n * w {
                 x.extend_from_slice(&((u64::from(s) * 100 + i) as f32).to_le_bytes());
             }
             std::fs::write(dir.join(format!("{s}.x.npy")), x).unwrap();
@@ -195,6 +284,7 @@ mod tests {
                 seed: Some(3),
                 from: Cursor::default(),
                 until_epoch: 2,
+                batch: 1,
             };
             let msgs: Vec<Message> = RankStream::new(&ds, spec)
                 .unwrap()
@@ -229,6 +319,7 @@ mod tests {
             seed: Some(8),
             from: Cursor::default(),
             until_epoch: 2,
+            batch: 1,
         };
         let whole: Vec<Message> = RankStream::new(&ds, spec)
             .unwrap()
@@ -250,6 +341,118 @@ mod tests {
             ..spec
         };
         assert_eq!(RankStream::new(&ds, none).unwrap().count(), 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn stream(ds: &Dataset, spec: StreamSpec) -> Vec<Message> {
+        RankStream::new(ds, spec)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn batches_stack_consecutive_planned_samples_within_each_epoch() {
+        let (dir, ds) = dataset("batch");
+        for rank in 0..2 {
+            let one = StreamSpec {
+                rank,
+                world: 2,
+                seed: Some(3),
+                from: Cursor::default(),
+                until_epoch: 2,
+                batch: 1,
+            };
+            let singles = stream(&ds, one);
+            let batches = stream(&ds, StreamSpec { batch: 3, ..one });
+            // 4 samples per rank and epoch: batches of 3 and 1, two parts each.
+            let counts: Vec<(u32, u32)> = batches
+                .chunks(2)
+                .map(|b| (b[0].header.epoch, b[0].header.count))
+                .collect();
+            assert_eq!(counts, [(0, 3), (0, 1), (1, 3), (1, 1)]);
+            let mut samples = singles.chunks(2);
+            for b in batches.chunks(2) {
+                let (x, y) = (&b[0].header, &b[1].header);
+                let n = x.count as usize;
+                let group: Vec<&[Message]> = samples.by_ref().take(n).collect();
+                for (h, part) in [(x, 0u8), (y, 1)] {
+                    assert_eq!(h.flags & SampleHeader::BATCH, SampleHeader::BATCH);
+                    assert_eq!((h.count as usize, h.part, h.parts), (n, part, 2));
+                    // The first sample's place in the plan and the dataset.
+                    let first = &group[0][usize::from(part)].header;
+                    assert_eq!((h.index, h.epoch), (first.index, first.epoch));
+                    assert_eq!((h.shard, h.item), (first.shard, first.item));
+                }
+                assert_eq!(x.shape(), [n as u32, 2]);
+                assert_eq!(y.shape(), [n as u32]);
+                // The payloads are the samples' bytes one after the other, in plan order.
+                for (part, msg) in b.iter().enumerate() {
+                    let want: Vec<u8> =
+                        group.iter().flat_map(|s| s[part].payload.clone()).collect();
+                    assert_eq!(msg.payload, want);
+                }
+            }
+            assert!(samples.next().is_none(), "every sample is in a batch");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn batches_resume_at_the_cursor() {
+        let (dir, ds) = dataset("batch-resume");
+        let spec = StreamSpec {
+            rank: 0,
+            world: 1,
+            seed: Some(5),
+            from: Cursor { epoch: 0, next: 3 },
+            until_epoch: 1,
+            batch: 4,
+        };
+        let singles = stream(&ds, StreamSpec { batch: 1, ..spec });
+        let batches = stream(&ds, spec);
+        // 8 samples, 5 left from the cursor: a batch of 4, then 1.
+        assert_eq!(batches.len(), 4);
+        assert_eq!((batches[0].header.count, batches[2].header.count), (4, 1));
+        let xs: Vec<u8> = singles
+            .iter()
+            .step_by(2)
+            .flat_map(|m| m.payload.clone())
+            .collect();
+        let got: Vec<u8> = batches
+            .iter()
+            .step_by(2)
+            .flat_map(|m| m.payload.clone())
+            .collect();
+        assert_eq!(got, xs);
+        assert_eq!(batches[0].header.index, singles[0].header.index);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_batch_of_samples_of_different_shapes_is_refused_naming_them() {
+        let (dir, ds) = dataset_of("batch-shapes", [2, 3]);
+        let spec = StreamSpec {
+            rank: 0,
+            world: 1,
+            seed: None,
+            from: Cursor::default(),
+            until_epoch: 1,
+            batch: 8,
+        };
+        let err = RankStream::new(&ds, spec)
+            .unwrap()
+            .find_map(Result::err)
+            .expect("shard 1's x is [3], shard 0's [2]");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("shard 0 item 0 part 0")
+                && msg.contains("shard 1 item 0 is float32 [3]")
+                && msg.contains("batch size 1"),
+            "{msg}"
+        );
+        // One by one they go.
+        assert_eq!(stream(&ds, StreamSpec { batch: 1, ..spec }).len(), 16);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

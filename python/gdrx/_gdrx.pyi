@@ -1,7 +1,7 @@
 """Typed stubs of the gdrx extension module."""
 
 from types import TracebackType
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 __version__: str
 
@@ -219,5 +219,7 @@ def feed(
     device: Optional[str] = None,
     timeout: float = 60.0,
     credits: bool = True,
+    batch: int = 1,
+    done: Optional[Callable[[], bool]] = None,
 ) -> Dict[str, Any]:
     """Feeds one rank over RDMA from ``cursor``; blocks with the GIL released."""

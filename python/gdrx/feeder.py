@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 
 from . import _gdrx
 from ._parts import Parts, is_end
-from .errors import ConnectFailed, PeerGone, ProtocolError, Refused, Timeout
+from .errors import ConfigError, ConnectFailed, PeerGone, ProtocolError, Refused, Timeout
 
 __all__ = ["Feeder", "publish", "rank_key", "receive", "main"]
 
@@ -128,12 +128,15 @@ class Feeder:
     """Streams ``data`` (a directory of .npy or WebDataset tar shards, or a ``gdrx.Dataset``) to
     ``world`` ranks.
 
-    ``Feeder(data, *, world, seed=0, epochs=1, device=None, timeout=60.0, credits=True)``;
-    ``seed=None`` keeps the dataset's order. The feeder sends a rank no more than the credits it
-    grants (its free buffers), so a slow rank holds back only its own stream, at the source;
-    ``credits=False`` leaves that to RNR NAKs. ``feed(rank, address, cursor)`` feeds one rank whose address you know;
-    ``serve(store, ...)`` finds the ranks in a store and feeds them, one thread each, resuming
-    ranks that restart.
+    ``Feeder(data, *, world, seed=0, epochs=1, batch_size=1, device=None, timeout=60.0,
+    credits=True)``; ``seed=None`` keeps the dataset's order. ``batch_size=B`` sends collated
+    batches: up to ``B`` consecutive samples of a rank's plan stacked into one message per part
+    (shape ``[n, ...]``, as torch's ``default_collate`` makes them; an epoch's last batch may be
+    shorter), which the rank takes into its training loop zero copy. The feeder sends a rank no
+    more than the credits it grants (its free buffers), so a slow rank holds back only its own
+    stream, at the source; ``credits=False`` leaves that to RNR NAKs. ``feed(rank, address,
+    cursor)`` feeds one rank whose address you know; ``serve(store, ...)`` finds the ranks in a
+    store and feeds them, one thread each, resuming ranks that restart.
     """
 
     def __init__(
@@ -143,25 +146,32 @@ class Feeder:
         world: int,
         seed: Optional[int] = 0,
         epochs: int = 1,
+        batch_size: int = 1,
         device: Optional[str] = None,
         timeout: float = 60.0,
         credits: bool = True,
     ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size}: a batch holds at least 1 sample")
         self.dataset = data if isinstance(data, _gdrx.Dataset) else _gdrx.Dataset(str(data))
-        self.world, self.seed, self.epochs = world, seed, epochs
+        self.world, self.seed, self.epochs, self.batch_size = world, seed, epochs, batch_size
         self.device, self.timeout, self.credits = device, timeout, credits
 
     def plan(self, rank: int, epoch: int) -> List[tuple]:
         """Rank ``rank``'s (index, shard, item) of ``epoch``, in the order they are sent."""
         return _gdrx.plan(self.dataset.shard_sizes, seed=self.seed, epoch=epoch, world=self.world, rank=rank)
 
-    def feed(self, rank: int, address: tuple, cursor: tuple = (0, 0)) -> Dict[str, Any]:
+    def feed(self, rank: int, address: tuple, cursor: tuple = (0, 0),
+             done: Optional[Callable[[], bool]] = None) -> Dict[str, Any]:
         """Sends rank ``rank`` (its receiver at ``address``) its samples from ``cursor`` (epoch,
-        samples consumed) to the end of the last epoch. Blocks, with the GIL released."""
+        samples consumed) to the end of the last epoch. Blocks, with the GIL released. With
+        ``done``, it then keeps the connection until ``done()`` is true, and raises
+        ``gdrx.PeerGone`` when the rank disconnects first (it may have died holding samples it
+        had not consumed)."""
         return _gdrx.feed(
             self.dataset, tuple(address), rank=rank, world=self.world, seed=self.seed,
             epochs=self.epochs, cursor=tuple(cursor), device=self.device, timeout=self.timeout,
-            credits=self.credits,
+            credits=self.credits, batch=self.batch_size, done=done,
         )
 
     def serve(
@@ -224,8 +234,19 @@ class Feeder:
             else:
                 started = cursor
             feeds += 1
+
+            def done(gen: int = last_gen) -> bool:
+                # The rank took the end of its stream, or it came back (restarted) meanwhile.
+                if store.check([_done_key(rank)]):
+                    return True
+                fresh = _read(store, rank)
+                return fresh is not None and fresh["gen"] > gen
+
             try:
-                report = self.feed(rank, (info["ip"], info["port"]), cursor)
+                # The rank may hold much of what it was sent when the stream ends: the feed
+                # stays connected until the rank is done, so that one that dies first is
+                # resumed from the cursor it publishes when it comes back.
+                report = self.feed(rank, (info["ip"], info["port"]), cursor, done=done)
             except (PeerGone, ConnectFailed, Refused, Timeout) as e:
                 # The rank went away (or its old address is dead): wait for it to publish again,
                 # unless a newer generation is already there.
@@ -235,6 +256,8 @@ class Feeder:
                 if isinstance(e, Refused):
                     raise
                 continue
+            if not store.check([_done_key(rank)]):
+                continue  # a newer generation of the rank published itself: resume it
             report.update(feeds=feeds, resumed_at=resumed, started_at=started)
             return report
 
@@ -251,6 +274,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-shuffle", action="store_true")
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=1,
+                    help="samples per message: more than 1 sends collated batches")
     ap.add_argument("--feeder", type=int, default=0, help="this feeder's index")
     ap.add_argument("--feeders", type=int, default=1, help="feeders serving the job")
     ap.add_argument("--device", help="RDMA device (default: the route's)")
@@ -268,7 +293,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     store = TCPStore(host or "0.0.0.0", int(port), is_master=a.host_store, wait_for_workers=False,
                      timeout=timedelta(seconds=a.rejoin_timeout))
     f = Feeder(a.data, world=a.world, seed=None if a.no_shuffle else a.seed, epochs=a.epochs,
-               device=a.device, timeout=a.timeout, credits=not a.no_credits)
+               batch_size=a.batch_size, device=a.device, timeout=a.timeout, credits=not a.no_credits)
     print(json.dumps({"listening" if a.host_store else "store": a.store, "samples": len(f.dataset),
                       "ranks": [r for r in range(a.world) if r % a.feeders == a.feeder]}), flush=True)
     reports = f.serve(store, feeder=a.feeder, feeders=a.feeders, rejoin_timeout=a.rejoin_timeout)

@@ -54,6 +54,8 @@ class RdmaIterableDataset(torch.utils.data.IterableDataset):
     e.g. ``lambda t: t.view(torch.float32)``); ``typed=True`` reads each message's
     ``SampleHeader`` and yields a tensor of its dtype and shape, or a tuple of tensors for a
     sample sent in parts (``Sender.send_tensor(..., part=, parts=)``, e.g. ``(image, label)``).
+    A feeder with ``batch_size=B`` sends collated batches: each item is then a batch (shape
+    ``[n, ...]`` per part, n <= B), and the cursor counts its ``n`` samples.
     """
 
     def __init__(
@@ -113,8 +115,8 @@ class RdmaIterableDataset(torch.utils.data.IterableDataset):
                     t = from_tensor(sample)
                     del sample  # the torch tensors keep the buffers now
                     # Counted before the yield: a state_dict() taken while the consumer holds
-                    # this sample counts it as consumed.
-                    self._next += 1
+                    # this sample (or batch: `count` samples) counts it as consumed.
+                    self._next += h.count
                     yield self._transform(t) if self._transform else t
                 return
             for msg in rx:

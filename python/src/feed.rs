@@ -114,10 +114,15 @@ pub fn plan(
 /// Feeds one rank: connects to `address` (its gdrx.Receiver) and sends its samples from
 /// `cursor` (epoch, samples consumed) to the end of epoch `epochs - 1`, with the GIL released;
 /// Ctrl-C stops it. `credits=False` ignores the rank's credits (RNR NAKs alone hold the feeder
-/// back). Returns {"rank", "messages", "bytes", "secs", "cursor", "credits"}.
+/// back). `batch > 1` collates up to that many consecutive samples into one message per part
+/// (a batch: shape `[n, ...]`, `header.batch`, `header.count == n`). With `done` (a callable),
+/// the feed keeps the connection after the end of the stream until `done()` is true (asked
+/// about every 250 ms): a rank that disconnects first raises `gdrx.PeerGone`, since it may
+/// have died holding samples it had not consumed. Returns {"rank", "messages", "bytes",
+/// "secs", "cursor", "credits"}.
 #[pyfunction]
 #[pyo3(signature = (dataset, address, *, rank, world, seed, epochs, cursor=(0, 0), device=None,
-    timeout=60.0, credits=true))]
+    timeout=60.0, credits=true, batch=1, done=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn feed<'py>(
     py: Python<'py>,
@@ -131,6 +136,8 @@ pub fn feed<'py>(
     device: Option<String>,
     timeout: f64,
     credits: bool,
+    batch: u32,
+    done: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let to = errors::socket_addr(py, &address.0, address.1)?;
     let spec = StreamSpec {
@@ -142,6 +149,7 @@ pub fn feed<'py>(
             next: cursor.1,
         },
         until_epoch: epochs,
+        batch,
     };
     let opts = FeedOptions {
         device,
@@ -149,19 +157,40 @@ pub fn feed<'py>(
         credits,
     };
     let ds = Arc::clone(&dataset.ds);
-    let mut interrupted = None;
-    let r = py.detach(|| {
-        feed_rank(&ds, spec, to, &opts, || {
-            Python::attach(|py| match py.check_signals() {
-                Ok(()) => true,
+    // A Ctrl-C, or an exception raised by `done`, to raise once the feed returned.
+    let interrupted = std::sync::Mutex::new(None);
+    let interrupted = &interrupted;
+    let keep_going = || {
+        Python::attach(|py| match py.check_signals() {
+            Ok(()) => true,
+            Err(e) => {
+                *interrupted.lock().expect("not poisoned") = Some(e);
+                false
+            }
+        })
+    };
+    let mut until_done = done.map(|done| {
+        move || {
+            Python::attach(|py| match done.call0(py).and_then(|r| r.is_truthy(py)) {
+                Ok(d) => d,
                 Err(e) => {
-                    interrupted = Some(e);
-                    false
+                    *interrupted.lock().expect("not poisoned") = Some(e);
+                    true
                 }
             })
-        })
+        }
     });
-    if let Some(e) = interrupted {
+    let r = py.detach(|| {
+        feed_rank(
+            &ds,
+            spec,
+            to,
+            &opts,
+            keep_going,
+            until_done.as_mut().map(|f| f as &mut dyn FnMut() -> bool),
+        )
+    });
+    if let Some(e) = interrupted.lock().expect("not poisoned").take() {
         return Err(e);
     }
     let r = r.map_err(|e| match &e {
@@ -174,6 +203,7 @@ pub fn feed<'py>(
             raise(py, &class, e.to_string(), None)
         }
         FeedError::Stalled { .. } => raise(py, "Timeout", e.to_string(), None),
+        FeedError::Gone { .. } => raise(py, "PeerGone", e.to_string(), None),
         _ => raise(py, "GdrxError", e.to_string(), None),
     })?;
     let d = PyDict::new(py);

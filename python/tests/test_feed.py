@@ -1,7 +1,7 @@
 """gdrx-feed (the feeder binary) streaming a dataset to ranks: every sample once per epoch
 across the ranks, each verified against the shards on disk; the shuffled order reproduced on
 every run; a feeder started at a cursor continues the same order; .npy and WebDataset tar
-shards; clear errors for bad arguments."""
+shards; collated batches; clear errors for bad arguments."""
 
 import io
 import json
@@ -99,6 +99,34 @@ def test_the_order_is_reproduced_and_a_feeder_resumes_at_a_cursor(rdma, npy_data
     plain = run_rank0(rdma, npy_dataset, "--no-shuffle")
     every = [(s, i) for s, n in enumerate(SHARDS) for i in range(n)]
     assert plain == every[0::2]
+
+
+def test_batches_are_the_planned_samples_stacked_zero_copy(rdma, npy_dataset):
+    """--batch-size 8: each message per part is up to 8 consecutive planned samples stacked,
+    as torch's default_collate stacks them; the epoch's last batch is shorter."""
+    batches = []
+    with gdrx.Receiver(ip=rdma.ip, slot_size=8 * 192, slots=16, timeout=120, header_split=True) as rx:
+        p = feeder(npy_dataset, rx, 1, 2, "--seed", "4", "--epochs", "2", "--batch-size", "8")
+        for img, lab in gdrx.tensors(rx):
+            h = img.header
+            assert h.batch and lab.header.batch and h.count == lab.header.count == img.shape[0]
+            assert (img.dtype, img.shape[1:], lab.dtype, lab.shape) == ("float32", [3, 4, 4], "int64", [h.count])
+            x = np.from_dlpack(img)
+            assert x.ctypes.data == img.address, "the batch is the receive buffer"
+            batches.append((h.epoch, h.index, x.copy(), np.from_dlpack(lab).copy()))
+        report = finish(p)
+    # 20 samples per epoch for rank 1 of 2: batches of 8, 8 and 4, two parts each.
+    assert [(e, len(x)) for e, _, x, _ in batches] == [(0, 8), (0, 8), (0, 4), (1, 8), (1, 8), (1, 4)]
+    assert report["messages"] == 12 and report["cursor"] == {"epoch": 2, "next": 0}
+    for epoch in (0, 1):
+        plan = gdrx.plan(SHARDS, seed=4, epoch=epoch, world=2, rank=1)
+        mine = [b for b in batches if b[0] == epoch]
+        starts = [0, 8, 16]
+        for (_, index, x, y), k in zip(mine, starts):
+            chunk = plan[k : k + 8]
+            assert index == chunk[0][0], "a batch carries its first sample's index"
+            np.testing.assert_array_equal(x, np.stack([image(s, i) for _, s, i in chunk]))
+            np.testing.assert_array_equal(y, np.stack([np.int64(label(s, i)) for _, s, i in chunk]))
 
 
 def test_webdataset_tar_shards(rdma, tmp_path):

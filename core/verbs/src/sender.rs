@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::{
-    device_names, Access, Connection, ConnectionSpec, Cq, Device, Error, HostMemory, Mr, QpConfig,
-    SendBatch, SendFlags, SendOp, WorkCompletion,
+    device_names, Access, ConnEvent, Connection, ConnectionSpec, Cq, Device, Error, HostMemory, Mr,
+    QpConfig, SendBatch, SendFlags, SendOp, WorkCompletion,
 };
 use gdrx_wire::{CreditWord, Hello, Welcome, WireError};
 
@@ -471,6 +471,26 @@ impl Sender {
         while self.in_flight > 0 {
             if !self.reap(deadline)? {
                 return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Waits up to `timeout` for the receiver to disconnect (it closed the connection, or its
+    /// process ended and the kernel sent the disconnect for it): `Ok(true)` once it has,
+    /// `Ok(false)` while it is still connected. This is how a sender that has sent everything
+    /// learns that its receiver died before it consumed it.
+    ///
+    /// # Errors
+    /// [`Error::Cm`] when the connection's event channel cannot be read.
+    pub fn wait_disconnected(&mut self, timeout: Duration) -> Result<bool, SenderError> {
+        let deadline = Instant::now() + timeout;
+        while self.conn.is_connected() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.conn.poll_event(Some(left))? {
+                Some(ConnEvent::Disconnected | ConnEvent::DeviceRemoval) => break,
+                Some(_) if !left.is_zero() => {}
+                _ => return Ok(false),
             }
         }
         Ok(true)
