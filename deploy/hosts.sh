@@ -16,6 +16,8 @@
 #   GDRX_RDMA_IP    this VM's address (host 0: the address on link 1; GDRX_LINK_IPS lists all)
 #   GDRX_RDMA_DEV   this VM's rxe device (host 0: the one on link 1)
 #   GDRX_FEEDER_IP  (ranks) the feeder's address on this rank's link
+#   GDRX_IFACE      (ranks) the link's interface (host 0 forwards between the links, so rank
+#                   hosts reach each other at 10.91.i.2 through it)
 #   GDRX_OUT        DIR, shared with this machine (the only place writes survive)
 # The exit status is 0 when every VM's COMMAND exited 0; each VM's console goes to
 # DIR/host<i>.log.

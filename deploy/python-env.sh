@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up the Python environment of gdrx's Python package and its tests: a virtual environment
-# with maturin, numpy, pytest, JAX (CPU) and PyTorch from PyPI, and the gdrx package itself
+# with maturin, numpy, pytest, JAX (CPU), PyTorch and scikit-learn (the rehearsal's dataset, its
+# digits) from PyPI, and the gdrx package itself
 # (`pip install ./python`, built by maturin against the workspace's Cargo.lock and target/).
 #
 #   deploy/python-env.sh            create/update the environment, (re)install gdrx; prints its path
@@ -29,7 +30,7 @@ pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 want=("maturin>=1.9.4,<2" "numpy>=1.22" "pytest>=7")
 if [ "${GDRX_PY_FRAMEWORKS:-1}" = 1 ]; then
     # torch from PyPI is its CUDA build (it runs on the CPU here); jax's PyPI build is CPU-only.
-    want+=("torch>=2.4" "jax[cpu]>=0.4.30")
+    want+=("torch>=2.4" "jax[cpu]>=0.4.30" "scikit-learn>=1.3")
 fi
 missing=()
 for req in "${want[@]}"; do

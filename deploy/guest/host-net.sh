@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Inside a deploy/hosts.sh VM: brings up this host's links (found by their MAC addresses) with
 # an rxe device on each, and prints the environment for the command (eval'd by the guest script).
+# Host 0 forwards IP between its links and the ranks route 10.91.0.0/16 through it, so that the
+# rank hosts reach each other over TCP too (torch.distributed's gloo and rendezvous).
 #   host-net.sh INDEX RANKS
 set -euo pipefail
 i=$1 ranks=$2
@@ -20,6 +22,7 @@ up() {  # up MAC IP RXE
     ip addr add "$2/24" dev "$ifc"
     rdma link add "$3" type rxe netdev "$ifc"
     log "$3 on $ifc ($2)"
+    IFACE=$ifc
 }
 if [ "$i" = 0 ]; then
     ips=()
@@ -27,10 +30,12 @@ if [ "$i" = 0 ]; then
         up "52:54:00:91:0$l:01" "10.91.$l.1" "rxe_l$l"
         ips+=("10.91.$l.1")
     done
+    echo 1 > /proc/sys/net/ipv4/ip_forward
     echo "export GDRX_RDMA_IP=10.91.1.1 GDRX_RDMA_DEV=rxe_l1 GDRX_LINK_IPS=$(IFS=,; echo "${ips[*]}")"
 else
     up "52:54:00:91:0$i:02" "10.91.$i.2" rxe0
-    echo "export GDRX_RDMA_IP=10.91.$i.2 GDRX_RDMA_DEV=rxe0 GDRX_FEEDER_IP=10.91.$i.1"
+    ip route add 10.91.0.0/16 via "10.91.$i.1"
+    echo "export GDRX_RDMA_IP=10.91.$i.2 GDRX_RDMA_DEV=rxe0 GDRX_FEEDER_IP=10.91.$i.1 GDRX_IFACE=$IFACE"
 fi
 # The ports come up ACTIVE within a second or two.
 for _ in $(seq 1 100); do
