@@ -16,6 +16,8 @@
 #                                             # training loop against torch's DataLoader (0 and
 #                                             # 2 workers) and a TCP stream; RNR NAKs with
 #                                             # credits on and off
+#   deploy/run-bench.sh feed --hosts [...]    # the same across two VMs (deploy/hosts.sh): the
+#                                             # senders in one, the loop in the other
 #
 # Arguments are those of `gdrx-bench compare` (see `gdrx-bench compare --help`), or a mode name
 # and its arguments. The table is also written to target/testbed/bench.txt; compare writes the
@@ -38,6 +40,21 @@ if [ "${1:-}" = feed ]; then
     shift
     cargo build --locked --release -p gdrx-feed
     venv=$(deploy/python-env.sh)
+    if [ "${1:-}" = --hosts ]; then
+        shift
+        out=target/hosts-bench
+        rm -rf "$out"
+        mkdir -p "$out"
+        # The datasets are made here; each VM copies them to its own local disk.
+        "$venv/bin/python" python/bench/feed_bench.py --make-data "$out/data" "$@"
+        rc=0
+        GDRX_HOST_MEMORY=${GDRX_HOST_MEMORY:-2G} deploy/hosts.sh --ranks 1 --out "$out" -- \
+            "$venv/bin/python" python/bench/feed_bench.py --hosts-role --data "$out/data" \
+            --feed target/release/gdrx-feed --json "$out/feed-bench.json" "$@" || rc=$?
+        # Host 1 ran the loop: its console has the table.
+        sed -n '/samples of float32/,$p' "$out/host1.log" | tee "$out/feed-bench.txt"
+        exit "$rc"
+    fi
     mkdir -p target/testbed
     GDRX_VM_MEMORY=${GDRX_VM_MEMORY:-4G} deploy/testbed.sh -- "$venv/bin/python" python/bench/feed_bench.py \
         --feed target/release/gdrx-feed --json target/testbed/feed-bench.json "$@" \

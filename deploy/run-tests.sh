@@ -5,8 +5,9 @@
 #   2. cargo fmt --check, cargo clippy -D warnings, rustdoc -D warnings
 #   3. host tests: cargo test --workspace (unit and stress tests; the rxe suite is #[ignore]d
 #      there), and the recycle ring's loom models (RUSTFLAGS=--cfg loom, own target dir)
-#   4. the rxe suite on real soft-RoCE in deploy/testbed.sh, twice in one boot, plus a check that
-#      it fails when told to use a missing device, and the testbed's output into a file
+#   4. the rxe suite on real soft-RoCE in deploy/testbed.sh (GDRX_RXE_RUNS=2: twice in one boot),
+#      plus a check that it fails when told to use a missing device, and the testbed's output
+#      into a file
 #   5. the Python package (deploy/python-env.sh: a venv with torch, jax, numpy; pip install
 #      ./python), the Kubernetes manifests' schema validation, and the pytest suite in the testbed
 #   6. the data service's multi-host rehearsal (deploy/rehearse.sh: three VMs, separate kernels)

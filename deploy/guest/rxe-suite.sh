@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs inside the testbed (deploy/testbed.sh): the rxe suite twice in this boot, then checks that
-# the suite FAILS when told to use a device that does not exist.
+# Runs inside the testbed (deploy/testbed.sh): the rxe suite GDRX_RXE_RUNS times in this boot
+# (default 1; 2 shows that no test leaves the device in a state the next run trips on), then
+# checks that the suite FAILS when told to use a device that does not exist.
 #   deploy/guest/rxe-suite.sh SUITE_BINARY [TEST_FILTER...]
 set -uo pipefail
 exe=${1:?usage: $0 SUITE_BINARY [FILTER...]}
@@ -8,8 +9,9 @@ shift
 out=${GDRX_OUT:-/tmp}
 echo "== gdrx rxe suite on ${GDRX_RDMA_DEV:?} (${GDRX_RDMA_IP:?}), testbed ${GDRX_TESTBED:-?}, kernel $(uname -r)"
 ibv_devinfo -d "$GDRX_RDMA_DEV" | grep -E 'hca_id|transport|max_mtu|active_mtu|state|link_layer' || true
-for run in 1 2; do
-    echo "== rxe suite, run $run of 2 (same boot)"
+runs=${GDRX_RXE_RUNS:-1}
+for run in $(seq 1 "$runs"); do
+    echo "== rxe suite, run $run of $runs (same boot)"
     start=$(date +%s)
     "$exe" --ignored --test-threads=1 --nocapture "$@" 2>&1 | tee "$out/rxe-suite-run$run.log"
     rc=${PIPESTATUS[0]}

@@ -37,7 +37,6 @@ from ._gdrx import Sender as _RawSender
 from .errors import *  # noqa: F401,F403 (the exceptions: errors.__all__)
 from ._parts import Parts, is_end
 from .errors import ProtocolError
-from .feeder import Feeder  # noqa: E402
 
 __all__ = [
     "Receiver",
@@ -190,3 +189,13 @@ def tensors(rx: Receiver) -> Iterator[Union[Tensor, Tuple[Tensor, ...]]]:
             yield sample
     if parts.partial:
         raise ProtocolError(f"the stream ended inside samples (QP: (index, parts seen, parts)): {parts.left()}")
+
+
+def __getattr__(name: str) -> Any:
+    # gdrx.Feeder is imported on first use, so that `python -m gdrx.feeder` runs the module
+    # fresh (runpy warns about a module the package imported already).
+    if name == "Feeder":
+        from .feeder import Feeder
+
+        return Feeder
+    raise AttributeError(f"module 'gdrx' has no attribute {name!r}")

@@ -4,6 +4,7 @@ middle of an epoch and restarted from its state_dict gets the rest, none lost or
 
 import socket
 import threading
+import time
 from datetime import timedelta
 
 import numpy as np
@@ -107,86 +108,74 @@ def test_a_rank_that_never_comes_is_a_timeout(npy_dataset):
         feeder.serve(store, rejoin_timeout=0.5)
 
 
-def test_the_feeder_command_hosts_the_store_and_serves_a_rank(rdma, npy_dataset):
-    """What the Kubernetes feeder runs: python -m gdrx.feeder --host-store; the rank connects to
-    the store as a client."""
-    import json
-    import subprocess
-    import sys
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    p = subprocess.Popen(
-        [sys.executable, "-m", "gdrx.feeder", "--data", str(npy_dataset), "--store", f"127.0.0.1:{port}",
-         "--host-store", "--world", "1", "--seed", "4", "--rejoin-timeout", "120"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        assert json.loads(p.stdout.readline())["samples"] == 40
-        store = torch.distributed.TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=60))
-        ds = gdrx.torch.RdmaIterableDataset(typed=True, store=store, rank=0, ip=rdma.ip, **RX)
-        got = consume(ds)
-        out, err = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    assert p.returncode == 0, err
-    report = json.loads(out.strip().splitlines()[-1])
-    assert report["messages"] == 80 and report["feeds"] == 1
-    assert [(s, i) for _, s, i in got] == [(s, i) for _, s, i in gdrx.plan(SHARDS, seed=4, epoch=0, world=1, rank=0)]
-
-
 FEEDER_ARGS = ["--world", "1", "--seed", "8", "--epochs", "2", "--rejoin-timeout", "120"]
 
 
-def feeder_proc(data, port, standby=False):
-    """`python -m gdrx.feeder` for rank 0 of 1. `standby`: started now, with torch and gdrx
-    imported, but serving only once a line arrives on its stdin (under emulation a Python
-    start with torch takes longer than the restart it stands for)."""
+def feeder_command(data, port) -> dict:
+    """The feeder command's main (what `python -m gdrx.feeder` runs) for rank 0 of 1, in this
+    process: a process of its own would spend minutes importing torch under emulation, longer
+    than the restart it stands for (the rehearsal, deploy/rehearse.sh, runs it as a process).
+    Returns its report for the rank."""
+    import contextlib
+    import io
+    import json
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = gdrx.feeder.main(["--data", str(data), "--store", f"127.0.0.1:{port}", *FEEDER_ARGS])
+    assert rc == 0
+    return json.loads(out.getvalue().strip().splitlines()[-1])
+
+
+def first_feeder(store, data, procs):
+    """The feeder that is killed: gdrx-feed (the binary starts at once) for rank 0 of 1, pointed
+    at the address the rank publishes in the store."""
+    import json
     import subprocess
-    import sys
+    import time
 
-    args = ["--data", str(data), "--store", f"127.0.0.1:{port}", *FEEDER_ARGS]
-    if standby:
-        cmd = [sys.executable, "-c",
-               "import sys, torch.distributed, gdrx.feeder; print('ready', flush=True); "
-               "sys.stdin.readline(); sys.exit(gdrx.feeder.main(sys.argv[1:]))", *args]
-    else:
-        cmd = [sys.executable, "-m", "gdrx.feeder", *args]
-    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
-    if standby:
-        assert p.stdout.readline().strip() == "ready", p.stderr.read()
-    return p
+    from test_feed import FEED
+
+    deadline = time.monotonic() + 120
+    while not store.check(["gdrx/rank/0"]):
+        assert time.monotonic() < deadline, "the rank did not publish itself"
+        time.sleep(0.05)
+    info = json.loads(store.get("gdrx/rank/0"))
+    procs["first"] = subprocess.Popen(
+        [FEED, "--data", str(data), "--to", f"{info['ip']}:{info['port']}", "--rank", "0", "--world", "1",
+         "--seed", "8", "--epochs", "2", "--timeout", "120"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
 
 
-@pytest.mark.parametrize("restart", ["new-process", "stale-cursor"])
+@pytest.mark.parametrize("restart", ["feeder-command", "stale-cursor"])
 def test_a_killed_feeder_is_restarted_and_the_rank_resumes_where_it_stopped(rdma, npy_dataset, restart):
-    """The feeder process is killed (SIGKILL) in the middle of epoch 0; the rank notices that its
-    feeder left without the end of the stream and publishes its cursor again, and a new feeder
-    process resumes: both epochs arrive complete, in the planned order, none lost or repeated.
-    "new-process": a new `python -m gdrx.feeder` finds the rank's cursor in the store and
-    resumes there. "stale-cursor": a feeder resumes from an older cursor (the start: one that
-    read the rank's key before the rank published again), and the rank drops what it had."""
+    """The feeder process (gdrx-feed) is killed (SIGKILL) in the middle of epoch 0; the rank
+    notices that its feeder left without the end of the stream and publishes its cursor again,
+    and a new feeder resumes: both epochs arrive complete, in the planned order, none lost or
+    repeated. "feeder-command": the feeder command (`python -m gdrx.feeder`'s main) finds the
+    rank's cursor in the store and resumes there. "stale-cursor": a feeder resumes from an older
+    cursor (the start: one that read the rank's key before the rank published again), and the
+    rank drops what it had."""
     import json
 
     store = tcp_store()
     port = store.port
     procs = {}
-    if restart == "new-process":
-        procs["second"] = feeder_proc(npy_dataset, port, standby=True)
-    procs["first"] = feeder_proc(npy_dataset, port)
-    stale = {}
+    threading.Thread(target=first_feeder, args=(store, npy_dataset, procs), daemon=True).start()
+    reports = {}
 
     def restart_feeder():
-        if restart == "new-process":
-            procs["second"].stdin.write("go\n")
-            procs["second"].stdin.flush()
+        if restart == "feeder-command":
+            # Started once the rank has published its cursor again (a feeder that reads the key
+            # before that resumes from an older cursor: the stale-cursor case).
+            while json.loads(store.get("gdrx/rank/0"))["gen"] < 2:
+                time.sleep(0.05)
+            reports.update(feeder_command(npy_dataset, port))
         else:
             f = gdrx.Feeder(str(npy_dataset), world=1, seed=8, epochs=2, timeout=60)
             info = json.loads(store.get("gdrx/rank/0"))
-            stale.update(f.feed(0, (info["ip"], info["port"]), (0, 0)))
+            reports.update(f.feed(0, (info["ip"], info["port"]), (0, 0)))
 
     starter = None
     try:
@@ -204,9 +193,6 @@ def test_a_killed_feeder_is_restarted_and_the_rank_resumes_where_it_stopped(rdma
                 starter = threading.Thread(target=restart_feeder)
                 starter.start()
         starter.join(timeout=120)
-        if restart == "new-process":
-            out, err = procs["second"].communicate(timeout=120)
-            assert procs["second"].returncode == 0, err
     except gdrx.GdrxError as e:
         # Say what the feeders said.
         said = {}
@@ -222,13 +208,12 @@ def test_a_killed_feeder_is_restarted_and_the_rank_resumes_where_it_stopped(rdma
     plan = [(e, s, i) for e in (0, 1) for _, s, i in gdrx.plan(SHARDS, seed=8, epoch=e, world=1, rank=0)]
     assert got == plan, "both epochs complete, in order, nothing lost or repeated"
     assert ds.state_dict() == {"rank": 0, "epoch": 1, "next": 40}
-    if restart == "new-process":
-        report = json.loads(out.strip().splitlines()[-1])
+    report = reports
+    if restart == "feeder-command":
         # Where the rank was: the 15 taken, and what its buffers held when the feeder died.
         epoch, nxt = report["started_at"]
         assert epoch == 0 and 15 <= nxt < 40, report
     else:
         # The stale feeder sent both epochs from the start; the rank kept what it lacked.
-        report = stale
         assert report["messages"] == 160 and report["cursor"] == (2, 0), report
     print(f"{restart}: {report}")
