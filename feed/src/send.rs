@@ -159,28 +159,22 @@ pub fn feed(
         bytes += (SampleHeader::LEN + msg.payload.len()) as u64;
     }
     // The end of the stream, so that the rank tells it from a feeder that died.
+    let stalled_at_end = |c: Cursor| FeedError::Stalled {
+        rank: spec.rank,
+        secs: opts.timeout.as_secs_f64(),
+        epoch: c.epoch,
+        index: c.next,
+    };
     if !tx
         .send(&[], Some(END_OF_STREAM), Some(opts.timeout))
         .map_err(send_err)?
     {
-        let c = stream.cursor();
-        return Err(FeedError::Stalled {
-            rank: spec.rank,
-            secs: opts.timeout.as_secs_f64(),
-            epoch: c.epoch,
-            index: c.next,
-        });
+        return Err(stalled_at_end(stream.cursor()));
     }
     if let Some(done) = until_done.as_mut() {
         // Every message delivered first: then only the rank's own end remains to wait for.
         if !tx.flush(Some(opts.timeout)).map_err(send_err)? {
-            let c = stream.cursor();
-            return Err(FeedError::Stalled {
-                rank: spec.rank,
-                secs: opts.timeout.as_secs_f64(),
-                epoch: c.epoch,
-                index: c.next,
-            });
+            return Err(stalled_at_end(stream.cursor()));
         }
         while !done() {
             if tx

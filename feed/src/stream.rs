@@ -286,10 +286,7 @@ mod tests {
                 until_epoch: 2,
                 batch: 1,
             };
-            let msgs: Vec<Message> = RankStream::new(&ds, spec)
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
+            let msgs = stream(&ds, spec);
             for pair in msgs.chunks(2) {
                 let (x, y) = (&pair[0], &pair[1]);
                 assert_eq!((x.header.part, y.header.part, x.header.parts), (0, 1, 2));
@@ -321,20 +318,14 @@ mod tests {
             until_epoch: 2,
             batch: 1,
         };
-        let whole: Vec<Message> = RankStream::new(&ds, spec)
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let whole = stream(&ds, spec);
         // Rank 1 of 3 over 8 samples: 3 per epoch, 2 messages each.
         assert_eq!(whole.len(), 12);
         let resumed = StreamSpec {
             from: Cursor { epoch: 0, next: 2 },
             ..spec
         };
-        let tail: Vec<Message> = RankStream::new(&ds, resumed)
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let tail = stream(&ds, resumed);
         assert_eq!(&whole[4..], &tail[..]);
         let none = StreamSpec {
             from: Cursor { epoch: 2, next: 0 },
