@@ -22,6 +22,8 @@ fi
 PKGS=(
     # RDMA user space and tools
     rdma-core ibverbs-providers ibverbs-utils librdmacm1 rdmacm-utils perftest iproute2 kmod
+    # deploy/run-bench.sh profile: perf record in the guest
+    linux-perf
     # build: sideway's rdma-mummy-sys builds a C shim with cmake and runs bindgen (libclang)
     build-essential cmake make pkg-config clang libclang-dev
     # the python venv for virtme-ng (its pip comes from python3-venv's ensurepip)

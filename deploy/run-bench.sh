@@ -3,8 +3,11 @@
 # everything up first (Debian packages, perftest, the 6.12 kernel image, virtme-ng), booting the
 # testbed when this kernel has no rdma_rxe.
 #
-#   deploy/run-bench.sh                       # gdrx-bench compare: 64 B..64 KiB, 64 MiB per run
-#                                             # 3 runs per size and tool, medians and ratios
+#   deploy/run-bench.sh                       # gdrx-bench compare: 64 B..64 KiB, 64 MiB per run,
+#                                             # 5 runs per size and receiver (ib_send_bw feeding
+#                                             # perftest's server and gdrx's, then gdrx-bench
+#                                             # client feeding gdrx's): the same-sender table,
+#                                             # then tool against tool, min/median/max, ratios
 #   deploy/run-bench.sh --sizes 4096 -n 5000 --op write-imm -c 2 --hold exp:50us
 #   deploy/run-bench.sh loopback -a -n 2000   # another gdrx-bench mode
 #   deploy/run-bench.sh python [--sizes 64,4096,65536 --iters 20000 --reps 3]
@@ -18,6 +21,8 @@
 #                                             # credits on and off
 #   deploy/run-bench.sh feed --hosts [...]    # the same across two VMs (deploy/hosts.sh): the
 #                                             # senders in one, the loop in the other
+#   deploy/run-bench.sh profile [64 512]      # perf record -a -g in the guest while ib_send_bw
+#                                             # feeds perftest's server, then gdrx's
 #
 # Arguments are those of `gdrx-bench compare` (see `gdrx-bench compare --help`), or a mode name
 # and its arguments. The table is also written to target/testbed/bench.txt; compare writes the
@@ -26,6 +31,13 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 deploy/install-deps.sh
 cargo build --locked --release -p gdrx-bench
+if [ "${1:-}" = profile ]; then
+    shift
+    mkdir -p target/testbed
+    deploy/testbed.sh -- deploy/guest/profile-recv.sh target/release/gdrx-bench "$@" \
+        | tee target/testbed/profile.txt
+    exit "${PIPESTATUS[0]}"
+fi
 if [ "${1:-}" = python ]; then
     shift
     venv=$(deploy/python-env.sh)
@@ -67,7 +79,7 @@ case "${1:-}" in
 esac
 args=("$@")
 if [ "$mode" = compare ] && [ ${#args[@]} -eq 0 ]; then
-    args=(--reps 3)
+    args=(--reps 5)
 fi
 mkdir -p target/testbed
 deploy/testbed.sh -- target/release/gdrx-bench "$mode" "${args[@]}" | tee target/testbed/bench.txt

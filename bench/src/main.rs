@@ -22,6 +22,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 
 mod compare;
 mod opts;
+mod perftest_wire;
 mod proc;
 mod proto;
 mod recv;
@@ -63,6 +64,21 @@ struct ServerArgs {
     /// Give up when no run starts within this many seconds (default: wait forever).
     #[arg(long)]
     idle_timeout: Option<f64>,
+    /// Be fed by perftest's own client, `ib_send_bw -R` (RDMA CM), instead of `gdrx-bench
+    /// client`: the same sender perftest's server gets, into gdrx's pool. One run per client
+    /// (no -a, no -b); --runs counts clients (default 1).
+    #[arg(long)]
+    perftest: bool,
+    /// With --perftest: the client's message size (its -s; every message must have it).
+    #[arg(short = 's', long, default_value_t = 65536, requires = "perftest")]
+    size: u32,
+    /// With --perftest: the client's messages per QP (its -n), checked when given.
+    #[arg(short = 'n', long, requires = "perftest")]
+    iters: Option<u64>,
+    /// With --perftest: the client's QPs (its -q): sizes the SRQ (--rx-depth per QP) and is
+    /// checked against the data connections that arrive.
+    #[arg(short = 'q', long, default_value_t = 1, requires = "perftest")]
+    qps: u16,
 }
 
 /// `gdrx-bench client`.
@@ -111,7 +127,16 @@ fn server(a: &ServerArgs) -> anyhow::Result<()> {
         rx.device().kind()
     );
     let idle = a.idle_timeout.map(Duration::from_secs_f64);
-    rx.serve(a.runs, idle, &a.out)?;
+    if a.perftest {
+        let p = recv::PerftestRun {
+            size: a.size,
+            iters: a.iters,
+            qps: a.qps,
+        };
+        rx.serve_perftest(p, a.runs, idle, &a.out)?;
+    } else {
+        rx.serve(a.runs, idle, &a.out)?;
+    }
     Ok(())
 }
 
@@ -258,7 +283,17 @@ mod tests {
             panic!("server")
         };
         assert_eq!(s.recv.rx_depth, 256);
-        assert_eq!(s.recv.pool_slots(), 512);
+        assert_eq!(s.recv.pool_slots(1), 512);
+        assert_eq!(
+            s.recv.pool_slots(4),
+            1280,
+            "posted for 4 connections, plus one connection's depth"
+        );
+        assert_eq!(
+            s.recv.depth(4),
+            1024,
+            "-r per connection, as perftest posts it per QP"
+        );
         assert_eq!(s.recv.consumers, 4);
         assert!(s.recv.events);
         assert_eq!(s.recv.provider, opts::ProviderKind::Hugepage);

@@ -223,14 +223,17 @@ impl ProviderKind {
 /// What the receiver does: receive queue, memory, consumers (the server's options).
 #[derive(clap::Args, Debug, Clone)]
 pub struct RecvOpts {
-    /// Receives kept posted on the SRQ (perftest -r).
+    /// Receives kept posted per connection (perftest -r, which posts that many on each QP):
+    /// a run's SRQ keeps --rx-depth x connections posted, so that the senders' sends in flight
+    /// always find a receive.
     #[arg(short = 'r', long, default_value_t = 512)]
     pub rx_depth: u32,
-    /// SRQ size (max_wr); default: --rx-depth.
+    /// SRQ size (max_wr); default: --rx-depth x the run's connections.
     #[arg(long)]
     pub srq_depth: Option<u32>,
-    /// Buffers in the pool (posted + lent to consumers); default: twice --rx-depth, so that
-    /// consumers can hold --rx-depth leases while the SRQ stays full.
+    /// Buffers in the pool (posted + lent to consumers); default: the receives posted plus
+    /// --rx-depth, so that consumers can hold one connection's depth of leases while the SRQ
+    /// stays full (twice --rx-depth with one connection).
     #[arg(long)]
     pub pool_slots: Option<u32>,
     /// Sleep on the completion channel instead of busy polling (perftest -e).
@@ -254,14 +257,23 @@ pub struct RecvOpts {
 }
 
 impl RecvOpts {
-    /// SRQ size.
-    pub fn srq_depth(&self) -> u32 {
-        self.srq_depth.unwrap_or(self.rx_depth)
+    /// SRQ size for a run of `qps` connections.
+    pub fn srq_depth(&self, qps: u16) -> u32 {
+        self.srq_depth
+            .unwrap_or_else(|| self.rx_depth.saturating_mul(u32::from(qps.max(1))))
     }
 
-    /// Pool buffers.
-    pub fn pool_slots(&self) -> u32 {
-        self.pool_slots.unwrap_or(self.rx_depth.saturating_mul(2))
+    /// Receives kept posted in a run of `qps` connections.
+    pub fn depth(&self, qps: u16) -> u32 {
+        self.rx_depth
+            .saturating_mul(u32::from(qps.max(1)))
+            .min(self.srq_depth(qps))
+    }
+
+    /// Pool buffers for a run of `qps` connections.
+    pub fn pool_slots(&self, qps: u16) -> u32 {
+        self.pool_slots
+            .unwrap_or_else(|| self.depth(qps).saturating_add(self.rx_depth))
     }
 
     /// Checks the options.
@@ -272,17 +284,17 @@ impl RecvOpts {
         if self.rx_depth == 0 {
             bail!("--rx-depth must be positive");
         }
-        if self.srq_depth() < self.rx_depth {
+        if self.srq_depth(1) < self.rx_depth {
             bail!(
                 "--srq-depth {} is below --rx-depth {}: the SRQ cannot hold that many receives",
-                self.srq_depth(),
+                self.srq_depth(1),
                 self.rx_depth
             );
         }
-        if self.pool_slots() < self.rx_depth {
+        if self.pool_slots(1) < self.rx_depth {
             bail!(
                 "--pool-slots {} is below --rx-depth {}: the pool needs a buffer per posted receive",
-                self.pool_slots(),
+                self.pool_slots(1),
                 self.rx_depth
             );
         }

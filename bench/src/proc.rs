@@ -24,6 +24,8 @@ pub struct Proc {
     child: Child,
     out: Arc<(Mutex<Captured>, Condvar)>,
     reaped: bool,
+    /// When it was spawned.
+    started: Instant,
 }
 
 /// How a child ended.
@@ -52,6 +54,7 @@ impl Proc {
     /// # Errors
     /// When the program cannot be started (with its name and what to install).
     pub fn spawn(name: &str, cmd: &mut Command) -> anyhow::Result<Proc> {
+        let started = Instant::now();
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -87,6 +90,7 @@ impl Proc {
             child,
             out,
             reaped: false,
+            started,
         })
     }
 
@@ -166,6 +170,7 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(5));
         };
         self.reaped = true;
+        let wall = self.started.elapsed();
         let cpu = tv(ru.ru_utime) + tv(ru.ru_stime);
         // Let the readers reach end of file.
         let (m, cv) = &*self.out;
@@ -180,7 +185,7 @@ impl Proc {
         let exit = Exit {
             status,
             cpu,
-            wall: t0.elapsed(),
+            wall,
             output: std::mem::take(&mut g.lines),
         };
         drop(g);
@@ -223,6 +228,19 @@ fn tv(t: libc::timeval) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wall_time_runs_from_spawn_not_from_wait() {
+        let p = Proc::spawn("sleep", Command::new("sleep").arg("0.3")).unwrap();
+        // The child ends while nobody waits for it.
+        std::thread::sleep(Duration::from_millis(600));
+        let e = p.wait(Duration::from_secs(10)).unwrap();
+        assert!(
+            e.wall >= Duration::from_millis(300),
+            "a 0.3 s process ran {:?}",
+            e.wall
+        );
+    }
 
     #[test]
     fn child_cpu_time_and_output_are_captured() {

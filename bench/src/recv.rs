@@ -35,6 +35,9 @@ use crate::opts::{Hold, Op, OutOpts, ProviderKind, RecvOpts};
 use crate::proto::{self, RunSpec};
 use crate::report::{self, Peak, Progress, RecvRow};
 
+mod perftest;
+pub use perftest::PerftestRun;
+
 /// The prefix of the reply a refused request gets (`gdrx-bench: <reason>`).
 const REPLY_PREFIX: &str = "gdrx-bench";
 
@@ -179,14 +182,15 @@ fn provider(kind: ProviderKind) -> Arc<dyn Provider> {
 impl Run {
     fn setup(rx: &Receiver, spec: &RunSpec) -> anyhow::Result<Run> {
         let o = &rx.opts;
-        let cqe = o.srq_depth() + 64;
+        let cqe = o.srq_depth(spec.qps) + 64;
         let cq = if o.events {
             Cq::with_events(&rx.dev, cqe)?
         } else {
             Cq::new(&rx.dev, cqe)?
         };
         let scq = Cq::new(&rx.dev, 16)?;
-        let srq = Srq::new(&rx.pd, SrqConfig::new(o.srq_depth(), 1))?;
+        let srq = Srq::new(&rx.pd, SrqConfig::new(o.srq_depth(spec.qps), 1))?;
+        let slots = o.pool_slots(spec.qps);
         // WRITE_WITH_IMM puts the payload in the window; the receive itself carries nothing.
         let slot_size = match spec.op {
             Op::Send => spec.size,
@@ -198,18 +202,18 @@ impl Run {
             provider(o.provider),
             PoolConfig::named("gdrx-bench")
                 .slot_size(slot_size)
-                .slots_per_region(o.pool_slots())
+                .slots_per_region(slots)
                 .initial_regions(1)
                 .max_regions(1)
-                .depth(o.rx_depth),
+                .depth(o.depth(spec.qps)),
         )
         .with_context(|| {
-            let total = u64::from(o.pool_slots()) * u64::from(slot_size);
+            let total = u64::from(slots) * u64::from(slot_size);
             format!(
                 "building the {} pool: {} buffers of {slot_size} B ({:.1} MiB) for {} B \
                  messages (lower --pool-slots, or -r/--rx-depth, which sets it to twice its value)",
                 o.provider.name(),
-                o.pool_slots(),
+                slots,
                 total as f64 / f64::from(1u32 << 20),
                 spec.size
             )
@@ -221,7 +225,7 @@ impl Run {
             .first()
             .map_or_else(|| "?".into(), |r| r.path.name().to_string());
         let page_size = report.regions.first().map_or(0, |r| r.page_size as u64);
-        let window_slots = u64::from(o.pool_slots()) + u64::from(spec.tx_depth);
+        let window_slots = u64::from(slots) + u64::from(spec.tx_depth);
         let window = match spec.op {
             Op::Send => None,
             Op::WriteImm => {
@@ -278,7 +282,7 @@ impl Run {
             );
         }
         let mut conns: Vec<Connection> = run.accepted.into_iter().map(|(c, _)| c).collect();
-        let row = self.measure(&rx.dev, &mut conns, spec, &rx.opts, out);
+        let row = self.measure(&rx.dev, &mut conns, spec, &rx.opts, out, None);
         for c in &mut conns {
             let _ = c.disconnect();
         }
@@ -338,6 +342,9 @@ impl Run {
         })
     }
 
+    /// Receives the run on `conns` until every connection delivered its last message or, for
+    /// a peer that frames nothing (perftest: `ended` is given), until `ended` says the peer
+    /// closed the run and the completions are drained.
     fn measure(
         &mut self,
         dev: &Arc<Device>,
@@ -345,11 +352,14 @@ impl Run {
         spec: &RunSpec,
         o: &RecvOpts,
         out: &OutOpts,
+        mut ended: Option<&mut dyn FnMut() -> anyhow::Result<bool>>,
     ) -> anyhow::Result<RecvRow> {
         let qpn: Vec<u32> = conns.iter().map(|c| c.qp().qp_num()).collect();
         let rnr0 = report::rnr_counter(dev.name());
         let verify_payload = spec.verify && spec.op == Op::Send;
-        let (tx, rx) = crossbeam_channel::unbounded::<Handoff>();
+        // One hand-off per polled batch, not per lease: a channel operation (and a consumer
+        // wake-up) costs more than the lease it carries.
+        let (tx, rx) = crossbeam_channel::unbounded::<Vec<Handoff>>();
         let consumers: Vec<_> = (0..o.consumers)
             .map(|i| {
                 let rx = rx.clone();
@@ -365,6 +375,7 @@ impl Run {
             now: None,
             inline: (o.consumers == 0).then(|| Consumer::new(true, o.hold, verify_payload, 99)),
             tx: (o.consumers > 0).then_some(tx),
+            pending: Vec::new(),
             qpn,
             next: vec![0; usize::from(spec.qps)],
             done: vec![false; usize::from(spec.qps)],
@@ -385,7 +396,9 @@ impl Run {
             lent_max: 0,
             count: vec![0; usize::from(spec.qps)],
             broken: None,
+            unframed: ended.is_some(),
         };
+        let mut closing = false;
         let mut progress = Progress::new(out.progress, format!("{} B", spec.size));
         let mut gone = vec![false; conns.len()];
         let started = Instant::now();
@@ -402,6 +415,7 @@ impl Run {
                 Ok(batch) => {
                     let n = batch.len();
                     batch.for_each(|ev| t.on_event(ev));
+                    t.send_pending();
                     n
                 }
                 Err(e) => break Err(anyhow!(e).context("polling the pool")),
@@ -434,6 +448,20 @@ impl Run {
                 continue;
             }
             last_check = now;
+            if let Some(ended) = ended.as_mut() {
+                if closing {
+                    // An empty poll after the peer closed: everything it sent is handled.
+                    break t.counts_as_announced();
+                }
+                match ended() {
+                    Ok(true) => {
+                        closing = true;
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(e) => break Err(e),
+                }
+            }
             for (i, c) in conns.iter_mut().enumerate() {
                 while let Ok(Some(ev)) = c.poll_event(Some(Duration::ZERO)) {
                     if matches!(ev, ConnEvent::Disconnected | ConnEvent::DeviceRemoval) {
@@ -540,7 +568,9 @@ struct Tally {
     /// When the current batch of completions was polled.
     now: Option<Instant>,
     inline: Option<Consumer>,
-    tx: Option<crossbeam_channel::Sender<Handoff>>,
+    tx: Option<crossbeam_channel::Sender<Vec<Handoff>>>,
+    /// This poll batch's leases for the consumer threads.
+    pending: Vec<Handoff>,
     qpn: Vec<u32>,
     next: Vec<u32>,
     done: Vec<bool>,
@@ -563,6 +593,9 @@ struct Tally {
     count: Vec<u64>,
     /// The first way a sender broke what its run descriptor announced.
     broken: Option<String>,
+    /// The sender frames nothing (perftest: no immediate data, no last flag): messages are
+    /// counted, and checked against `spec.iters` when it is known.
+    unframed: bool,
 }
 
 impl Tally {
@@ -593,8 +626,12 @@ impl Tally {
             self.seq_errors += 1;
             return;
         };
-        let (seq, last) = proto::split_imm(lease.imm().unwrap_or(u32::MAX));
         self.count[conn] += 1;
+        if self.unframed {
+            self.on_unframed(lease, conn, now);
+            return;
+        }
+        let (seq, last) = proto::split_imm(lease.imm().unwrap_or(u32::MAX));
         self.check_announced(conn, seq, last);
         if lease.imm().is_none() || seq != self.next[conn] || len != u64::from(self.spec.size) {
             if self.seq_errors < 5 {
@@ -622,22 +659,85 @@ impl Tally {
                 }
             }
         }
-        let h = Handoff {
+        self.hand_off(Handoff {
             lease,
             at: now,
             conn,
             seq,
-        };
-        if let Some(c) = &mut self.inline {
-            c.take(h);
-        } else if let Some(tx) = &self.tx {
-            // The consumers only go away after the run.
-            let _ = tx.send(h);
-        }
+        });
     }
 }
 
 impl Tally {
+    /// A message of a sender that frames nothing: the right size, no more than `-n`.
+    fn on_unframed(&mut self, lease: Lease, conn: usize, now: Instant) {
+        let (n, iters, len) = (self.count[conn], self.spec.iters, lease.len());
+        if len != self.spec.size as usize {
+            if self.seq_errors < 5 {
+                tracing::error!(
+                    conn,
+                    len,
+                    want = self.spec.size,
+                    "a message of the wrong length"
+                );
+            }
+            self.seq_errors += 1;
+        }
+        if iters > 0 && n > iters && self.broken.is_none() {
+            self.broken = Some(format!(
+                "connection {conn} sent more than the {iters} messages announced (-n)"
+            ));
+        }
+        if iters > 0 && n == iters && !self.done[conn] {
+            // The count is known: the run ends with the last message, not with the peer's
+            // closing word (which comes once it saw the last acknowledgement).
+            self.done[conn] = true;
+            self.finished += 1;
+        }
+        self.hand_off(Handoff {
+            lease,
+            at: now,
+            conn: conn as u16,
+            seq: n as u32,
+        });
+    }
+
+    /// To the inline consumer, or into the batch for the consumer threads.
+    fn hand_off(&mut self, h: Handoff) {
+        if let Some(c) = &mut self.inline {
+            c.take(h, None);
+        } else if self.tx.is_some() {
+            self.pending.push(h);
+        }
+    }
+
+    /// Hands this poll batch's leases to a consumer thread, in one channel operation.
+    fn send_pending(&mut self) {
+        if let (Some(tx), false) = (&self.tx, self.pending.is_empty()) {
+            let cap = self.pending.capacity();
+            // The consumers only go away after the run.
+            let _ = tx.send(std::mem::replace(
+                &mut self.pending,
+                Vec::with_capacity(cap),
+            ));
+        }
+    }
+
+    /// At the end of an unframed run: every connection sent what was announced (`-n`), or
+    /// at least one message when nothing was.
+    fn counts_as_announced(&self) -> anyhow::Result<()> {
+        let iters = self.spec.iters;
+        for (conn, &n) in self.count.iter().enumerate() {
+            if iters > 0 && n != iters {
+                bail!("connection {conn} delivered {n} messages, {iters} were announced (-n)");
+            }
+            if n == 0 {
+                bail!("connection {conn} delivered no message");
+            }
+        }
+        Ok(())
+    }
+
     /// Holds a connection to the count its run descriptor announced: no message after the one
     /// flagged last, no more than `iters`, and the last flag on message `iters` exactly.
     fn check_announced(&mut self, conn: usize, seq: u32, last: bool) {
@@ -711,7 +811,9 @@ impl Consumer {
         }
     }
 
-    fn take(&mut self, h: Handoff) {
+    /// Consumes one lease; `now` is when its batch arrived (read once per batch), or `None`
+    /// to read the clock for this lease (consumers that hold leases, whose batch-mates wait).
+    fn take(&mut self, h: Handoff, now: Option<Instant>) {
         if self.cpu0.is_none() {
             self.cpu0 = Some(report::thread_cpu());
         }
@@ -719,7 +821,9 @@ impl Consumer {
         let lat = if self.inline {
             0
         } else {
-            h.at.elapsed().as_nanos() as u64
+            now.unwrap_or_else(Instant::now)
+                .saturating_duration_since(h.at)
+                .as_nanos() as u64
         };
         self.out.hist.saturating_record(lat);
         if self.verify {
@@ -753,14 +857,18 @@ impl Consumer {
 }
 
 fn consume(
-    rx: &crossbeam_channel::Receiver<Handoff>,
+    rx: &crossbeam_channel::Receiver<Vec<Handoff>>,
     hold: Hold,
     verify: bool,
     seed: u64,
 ) -> ConsumerOut {
     let mut c = Consumer::new(false, hold, verify, seed);
-    while let Ok(h) = rx.recv() {
-        c.take(h);
+    let zero_hold = hold.is_zero();
+    while let Ok(batch) = rx.recv() {
+        let now = zero_hold.then(Instant::now);
+        for h in batch {
+            c.take(h, now);
+        }
     }
     c.finish()
 }

@@ -1,10 +1,17 @@
 //! `gdrx-bench compare`: perftest and gdrx on the same device, sizes, message counts and queue
-//! depths, in one go (so: the same testbed boot), several times, reported as medians with
-//! gdrx/perftest ratios, a JSON file and a bandwidth-vs-size SVG.
+//! depths, in one go (so: the same testbed boot), several times in a shuffled order, reported
+//! as min / median / max with gdrx/perftest ratios of the medians, a JSON file and an SVG plot.
 //!
-//! Both tools run as two processes, a receiver and a sender, exactly as users run them:
-//! `ib_send_bw` (or `ib_write_bw` for `--op write-imm`) server and client with RDMA CM (`-R`),
-//! and `gdrx-bench server --runs 1` and `gdrx-bench client`. Bandwidth and message rate are the
+//! Every run is two processes, a receiver and a sender, exactly as users run them. Each size
+//! and repetition has three runs:
+//! - perftest: `ib_send_bw` (or `ib_write_bw` for `--op write-imm`) server and client with RDMA
+//!   CM (`-R`);
+//! - same sender: `gdrx-bench server --perftest` fed by the same, unchanged `ib_send_bw -R`
+//!   client, so that only the receiver differs (SEND only: perftest's RDMA WRITE completes
+//!   nothing at the receiver);
+//! - tool against tool: `gdrx-bench server --runs 1` fed by `gdrx-bench client`.
+//!
+//! Bandwidth and message rate are the
 //! receiver's figures for SEND (perftest's server report, gdrx's server row) and, for WRITE,
 //! perftest's client report (its server does not see writes) against gdrx's server row. The
 //! receiver CPU time is measured the same way for both: the receiving process's user + system
@@ -25,6 +32,7 @@ use crate::opts::{Op, RecvOpts, SendOpts, Target};
 use crate::proc::Proc;
 use crate::report::RecvRow;
 
+pub use output::Figures;
 use output::{plot, summarize, table};
 use perftest::perftest_version;
 use perftest::PerfLine;
@@ -42,6 +50,39 @@ pub fn auto_iters(size: u32) -> u64 {
     (BYTES_PER_RUN / u64::from(size.max(1))).clamp(MIN_ITERS, MAX_ITERS)
 }
 
+/// The version of `compare.json`'s layout.
+pub const SCHEMA: u32 = 2;
+
+/// The seed of the run order (fixed, so that a comparison can be rerun in the same order).
+pub const ORDER_SEED: u64 = 0x0067_6472_7814;
+
+/// Which gdrx runs a table sets against perftest's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// gdrx's receiver fed by perftest's client.
+    SameSender,
+    /// gdrx's receiver fed by gdrx-bench's client.
+    ToolVsTool,
+}
+
+impl Mode {
+    /// The sender of this mode's gdrx runs ([`Sample::sender`]).
+    pub fn gdrx_sender(self) -> &'static str {
+        match self {
+            Mode::SameSender => "perftest",
+            Mode::ToolVsTool => "gdrx-bench",
+        }
+    }
+}
+
+/// One run of a size and repetition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunKind {
+    Perftest,
+    Gdrx(Mode),
+}
+
 /// Sizes `compare` runs when none are given.
 pub const DEFAULT_SIZES: [u32; 5] = [64, 512, 4096, 16384, 65536];
 
@@ -54,8 +95,8 @@ pub struct Args {
     send: SendOpts,
     #[command(flatten)]
     recv: RecvOpts,
-    /// Repetitions of every size and tool; medians are reported.
-    #[arg(long, default_value_t = 3)]
+    /// Repetitions of every size and receiver (min, median and max are reported).
+    #[arg(long, default_value_t = 5)]
     reps: u32,
     /// Folder for compare.json, compare.txt and bw_vs_size.svg (default: $GDRX_OUT/compare,
     /// else target/testbed/compare).
@@ -81,10 +122,14 @@ pub struct Args {
 /// One run of one tool at one size.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sample {
-    /// `perftest` or `gdrx`.
+    /// The receiver: `perftest` or `gdrx`.
     pub tool: &'static str,
+    /// The sender: `perftest` (its client) or `gdrx-bench` (its client).
+    pub sender: &'static str,
     /// Repetition, from 1.
     pub rep: u32,
+    /// Position of this run among its size and repetition's runs (the order is shuffled).
+    pub turn: u32,
     /// Message size.
     pub bytes: u32,
     /// Messages the receiver got.
@@ -102,7 +147,7 @@ pub struct Sample {
     pub rx_cpu_s: f64,
     /// Receiving process CPU seconds in all, start-up included.
     pub rx_process_cpu_s: f64,
-    /// Receiving process wall seconds.
+    /// Receiving process wall seconds, from its start to its exit.
     pub rx_wall_s: f64,
     /// Sending process CPU time per message (whole process), microseconds.
     pub tx_cpu_us_per_msg: f64,
@@ -114,21 +159,6 @@ pub struct Sample {
     pub perftest: Option<(String, String)>,
 }
 
-/// Medians of one tool at one size.
-#[derive(Debug, Clone, Copy, Serialize, Default)]
-pub struct Medians {
-    /// Average bandwidth, MiB/s.
-    pub bw_avg_mib_s: f64,
-    /// Peak bandwidth, MiB/s.
-    pub bw_peak_mib_s: f64,
-    /// Message rate, Mpps.
-    pub msg_rate_mpps: f64,
-    /// Receiving process CPU per message, microseconds.
-    pub rx_cpu_us_per_msg: f64,
-    /// Sending process CPU per message, microseconds.
-    pub tx_cpu_us_per_msg: f64,
-}
-
 /// One size, both tools.
 #[derive(Debug, Clone, Serialize)]
 pub struct SizeSummary {
@@ -136,11 +166,11 @@ pub struct SizeSummary {
     pub bytes: u32,
     /// Messages per connection and run (0 in duration mode).
     pub iters: u64,
-    /// perftest's medians.
-    pub perftest: Medians,
-    /// gdrx's medians.
-    pub gdrx: Medians,
-    /// gdrx / perftest average bandwidth (higher is better for gdrx).
+    /// perftest's figures.
+    pub perftest: Figures,
+    /// gdrx's figures.
+    pub gdrx: Figures,
+    /// gdrx / perftest median average bandwidth (higher is better for gdrx).
     pub bw_ratio: f64,
     /// gdrx / perftest message rate.
     pub msg_rate_ratio: f64,
@@ -160,9 +190,61 @@ pub struct SizeSummary {
     pub gdrx_thread_cpu_us_per_msg: f64,
 }
 
+/// One table: perftest's runs against one mode's gdrx runs, per size.
+#[derive(Debug, Clone, Serialize)]
+pub struct Table {
+    /// Which gdrx runs.
+    pub mode: Mode,
+    /// Per size.
+    pub sizes: Vec<SizeSummary>,
+}
+
+/// How the comparison was run: everything needed to run it again.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// Message sizes.
+    pub sizes: Vec<u32>,
+    /// Repetitions per size and receiver.
+    pub reps: u32,
+    /// Messages per connection at each size (empty in duration mode).
+    pub iters: Vec<(u32, u64)>,
+    /// Seconds per run, in duration mode.
+    pub duration_s: Option<f64>,
+    /// Connections (QPs).
+    pub qps: u16,
+    /// Work requests per post (`-l`).
+    pub post_list: u32,
+    /// Sends in flight per connection (`-t`).
+    pub tx_depth: u32,
+    /// Completion moderation (`-Q`).
+    pub cq_mod: u32,
+    /// Receives posted (`-r`).
+    pub rx_depth: u32,
+    /// gdrx's SRQ depth.
+    pub srq_depth: u32,
+    /// gdrx's pool buffers.
+    pub pool_slots: u32,
+    /// gdrx's memory provider.
+    pub provider: String,
+    /// gdrx's consumer threads (0: inline).
+    pub consumers: u32,
+    /// How long gdrx's consumers hold each lease.
+    pub hold: String,
+    /// Event mode (`-e`) for both receivers.
+    pub events: bool,
+    /// The gdrx receiver's settings in words.
+    pub gdrx_receiver: String,
+    /// The seed of the run order.
+    pub order_seed: u64,
+}
+
 /// Everything `compare` measured.
 #[derive(Debug, Serialize)]
 pub struct Comparison {
+    /// [`SCHEMA`].
+    pub schema: u32,
+    /// How it was run.
+    pub config: Config,
     /// Device.
     pub device: String,
     /// The perftest program.
@@ -171,19 +253,13 @@ pub struct Comparison {
     pub perftest_version: String,
     /// Operation.
     pub op: Op,
-    /// Repetitions.
-    pub reps: u32,
-    /// Messages per connection, when the same at every size (`None`: see each size's, or
-    /// duration mode).
-    pub iters: Option<u64>,
-    /// Duration per run in seconds, in duration mode.
-    pub duration_s: Option<f64>,
-    /// Connections.
-    pub qps: u16,
-    /// The gdrx receiver's settings.
-    pub gdrx_receiver: String,
-    /// Per size.
-    pub sizes: Vec<SizeSummary>,
+    /// Why the figures are not a real NIC's, when they are not (a software RDMA device, an
+    /// emulated CPU).
+    pub emulation: Option<String>,
+    /// perftest's receiver against gdrx's, both fed by perftest's client (SEND only).
+    pub same_sender: Option<Table>,
+    /// perftest's receiver fed by perftest's client against gdrx's fed by gdrx's.
+    pub tool_vs_tool: Table,
     /// Every run.
     pub samples: Vec<Sample>,
     /// The SVG plot.
@@ -239,8 +315,12 @@ impl Args {
             opt("--runs", "1".into());
             opt("--idle-timeout", "120".into());
             opt("-r", r.rx_depth.to_string());
-            opt("--srq-depth", r.srq_depth().to_string());
-            opt("--pool-slots", r.pool_slots().to_string());
+            if let Some(d) = r.srq_depth {
+                opt("--srq-depth", d.to_string());
+            }
+            if let Some(n) = r.pool_slots {
+                opt("--pool-slots", n.to_string());
+            }
             opt("--provider", r.provider.name().into());
             opt("-c", r.consumers.to_string());
             opt("--hold", r.hold.to_string());
@@ -262,19 +342,38 @@ impl Args {
         }
     }
 
-    fn run_gdrx(&self, size: u32, rep: u32) -> anyhow::Result<Sample> {
+    /// `gdrx-bench server`'s arguments when perftest's client feeds it.
+    pub fn gdrx_perftest_server_args(&self, size: u32, port: u16) -> Vec<String> {
+        let mut v = self.gdrx_args(size, port, false);
+        v.extend(["--perftest".into(), "-s".into(), size.to_string()]);
+        v.extend(["-q".into(), self.send.qps.to_string()]);
+        if self.send.duration.is_none() {
+            v.extend(["-n".into(), self.iters(size).to_string()]);
+        }
+        v
+    }
+
+    fn run_gdrx(&self, size: u32, rep: u32, mode: Mode) -> anyhow::Result<Sample> {
         let exe = std::env::current_exe().context("locating gdrx-bench")?;
         let port = self.target.port;
-        let server = Proc::spawn(
-            "gdrx-bench server",
-            Command::new(&exe).args(self.gdrx_args(size, port, false)),
-        )?;
+        let server_args = match mode {
+            Mode::ToolVsTool => self.gdrx_args(size, port, false),
+            Mode::SameSender => self.gdrx_perftest_server_args(size, port),
+        };
+        let server = Proc::spawn("gdrx-bench server", Command::new(&exe).args(server_args))?;
         server.wait_for_line("listening on", Duration::from_secs(60))?;
         let cpu0 = server.cpu_now()?;
-        let client = Proc::spawn(
-            "gdrx-bench client",
-            Command::new(&exe).args(self.gdrx_args(size, port, true)),
-        )?;
+        let rnr0 = crate::report::rnr_counter(&self.target.dev);
+        let client = match mode {
+            Mode::ToolVsTool => Proc::spawn(
+                "gdrx-bench client",
+                Command::new(&exe).args(self.gdrx_args(size, port, true)),
+            )?,
+            Mode::SameSender => Proc::spawn(
+                "perftest client",
+                Command::new(self.perftest_prog()).args(self.perftest_args(size, port, true)),
+            )?,
+        };
         let c = client.wait(self.timeout())?;
         let s = server.wait(self.timeout())?;
         if !s.status.success() || !c.status.success() {
@@ -291,9 +390,13 @@ impl Args {
             .iter()
             .find_map(|l| serde_json::from_str(l).ok())
             .with_context(|| format!("no JSON row in gdrx-bench server's output:\n{}", s.text()))?;
+        // The perftest client's own report, when it fed the run.
+        let client_line = perftest::parse_perftest(&c.text()).map(|(_, l)| (String::new(), l));
         Ok(Sample {
             tool: "gdrx",
+            sender: mode.gdrx_sender(),
             rep,
+            turn: 0,
             bytes: size,
             messages: row.messages,
             bw_avg_mib_s: row.bw_avg_mib_s,
@@ -304,11 +407,30 @@ impl Args {
             rx_process_cpu_s: s.cpu.as_secs_f64(),
             rx_wall_s: s.wall.as_secs_f64(),
             tx_cpu_us_per_msg: per_msg(c.cpu, row.messages),
-            rnr_naks: row.rnr_naks,
+            rnr_naks: row.rnr_naks.or_else(|| rnr_delta(rnr0, &self.target.dev)),
             gdrx: Some(row),
-            perftest: None,
+            perftest: client_line,
         })
     }
+}
+
+/// Why figures measured on `dev` here are not a real NIC's: a software RDMA device (its sysfs
+/// entry names a `parent` netdev, as rxe and siw do), a CPU QEMU emulates.
+fn emulation(dev: &str) -> Option<String> {
+    let mut why = Vec::new();
+    if std::path::Path::new(&format!("/sys/class/infiniband/{dev}/parent")).exists() {
+        why.push(format!("{dev} is a software RDMA device"));
+    }
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if let Some(model) = cpu
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .filter(|m| m.contains("QEMU"))
+    {
+        why.push(format!("the CPU is {}", model.trim()));
+    }
+    (!why.is_empty()).then(|| why.join(", "))
 }
 
 fn per_msg(cpu: Duration, messages: u64) -> f64 {
@@ -344,46 +466,42 @@ pub fn run(a: &Args, sizes_given: bool, count_given: bool) -> anyhow::Result<()>
     let prog = a.perftest_prog();
     let version = perftest_version(&prog);
     let mut samples = Vec::new();
+    let same = a.send.op == Op::Send;
+    let kinds: Vec<RunKind> = [
+        Some(RunKind::Perftest),
+        same.then_some(RunKind::Gdrx(Mode::SameSender)),
+        Some(RunKind::Gdrx(Mode::ToolVsTool)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut rng = fastrand::Rng::with_seed(ORDER_SEED);
     for rep in 1..=a.reps {
         for &size in &sizes {
-            let perftest_first = rep % 2 == 1;
-            for turn in 0..2 {
-                let s = if (turn == 0) == perftest_first {
-                    a.run_perftest(size, rep)
-                        .with_context(|| format!("perftest at {size} B, run {rep}"))?
-                } else {
-                    a.run_gdrx(size, rep)
-                        .with_context(|| format!("gdrx at {size} B, run {rep}"))?
+            let mut order = kinds.clone();
+            rng.shuffle(&mut order);
+            for (turn, kind) in order.into_iter().enumerate() {
+                let mut s = match kind {
+                    RunKind::Perftest => a
+                        .run_perftest(size, rep)
+                        .with_context(|| format!("perftest at {size} B, run {rep}"))?,
+                    RunKind::Gdrx(mode) => a.run_gdrx(size, rep, mode).with_context(|| {
+                        format!("gdrx fed by {} at {size} B, run {rep}", mode.gdrx_sender())
+                    })?,
                 };
+                s.turn = turn as u32;
                 eprintln!(
-                    "[compare] run {rep}/{} {size:>7} B {:>8}: {:>10.2} MiB/s {:>9.5} Mpps {:>8.1} us CPU/msg",
-                    a.reps, s.tool, s.bw_avg_mib_s, s.msg_rate_mpps, s.rx_cpu_us_per_msg
+                    "[compare] run {rep}/{} {size:>7} B {:>8} fed by {:>10}: {:>10.2} MiB/s {:>9.5} Mpps {:>8.1} us CPU/msg",
+                    a.reps, s.tool, s.sender, s.bw_avg_mib_s, s.msg_rate_mpps, s.rx_cpu_us_per_msg
                 );
                 samples.push(s);
             }
         }
     }
     let r = &a.recv;
-    let c = Comparison {
-        device: a.target.dev.clone(),
-        perftest: prog.display().to_string(),
-        perftest_version: version,
-        op: a.send.op,
-        reps: a.reps,
-        iters: (a.send.duration.is_none() && !a.auto_iters).then_some(a.send.iters),
-        duration_s: a.send.duration,
-        qps: a.send.qps,
-        gdrx_receiver: format!(
-            "{} provider, {} pool buffers, {} posted, SRQ {}, {} consumer thread(s) holding each lease {}, {}",
-            r.provider.name(),
-            r.pool_slots(),
-            r.rx_depth,
-            r.srq_depth(),
-            r.consumers,
-            r.hold,
-            if r.events { "event mode" } else { "busy polling" }
-        ),
-        sizes: summarize(&sizes, &samples)
+    let table_of = |mode: Mode| Table {
+        mode,
+        sizes: summarize(&sizes, &samples, mode)
             .into_iter()
             .map(|s| SizeSummary {
                 iters: if a.send.duration.is_some() {
@@ -394,6 +512,49 @@ pub fn run(a: &Args, sizes_given: bool, count_given: bool) -> anyhow::Result<()>
                 ..s
             })
             .collect(),
+    };
+    let config = Config {
+        sizes: sizes.clone(),
+        reps: a.reps,
+        iters: if a.send.duration.is_some() {
+            Vec::new()
+        } else {
+            sizes.iter().map(|&b| (b, a.iters(b))).collect()
+        },
+        duration_s: a.send.duration,
+        qps: a.send.qps,
+        post_list: a.send.post_list,
+        tx_depth: a.send.tx_depth,
+        cq_mod: a.send.cq_mod,
+        rx_depth: r.rx_depth,
+        srq_depth: r.srq_depth(a.send.qps),
+        pool_slots: r.pool_slots(a.send.qps),
+        provider: r.provider.name().into(),
+        consumers: r.consumers,
+        hold: r.hold.to_string(),
+        events: r.events,
+        order_seed: ORDER_SEED,
+        gdrx_receiver: format!(
+            "{} provider, {} pool buffers, {} posted, SRQ {}, {} consumer thread(s) holding each lease {}, {}",
+            r.provider.name(),
+            r.pool_slots(a.send.qps),
+            r.depth(a.send.qps),
+            r.srq_depth(a.send.qps),
+            r.consumers,
+            r.hold,
+            if r.events { "event mode" } else { "busy polling" }
+        ),
+    };
+    let c = Comparison {
+        schema: SCHEMA,
+        config,
+        device: a.target.dev.clone(),
+        perftest: prog.display().to_string(),
+        perftest_version: version,
+        op: a.send.op,
+        emulation: emulation(&a.target.dev),
+        same_sender: same.then(|| table_of(Mode::SameSender)),
+        tool_vs_tool: table_of(Mode::ToolVsTool),
         samples,
         plot: out.join("bw_vs_size.svg"),
     };
@@ -480,5 +641,20 @@ mod tests {
             "{wp}"
         );
         assert_eq!(w.perftest_prog(), PathBuf::from("ib_write_bw"));
+    }
+
+    #[test]
+    fn the_same_sender_run_tells_gdrx_what_perftest_will_send() {
+        let a = args(&["-n", "300", "-q", "2"]);
+        let g = a.gdrx_perftest_server_args(4096, 18516).join(" ");
+        assert!(g.starts_with("server --dev rxe0"), "{g}");
+        assert!(g.ends_with("--perftest -s 4096 -q 2 -n 300"), "{g}");
+        let d = args(&["-D", "2"]);
+        let g = d.gdrx_perftest_server_args(64, 1).join(" ");
+        assert!(
+            g.ends_with("--perftest -s 64 -q 1"),
+            "no count in duration mode: {g}"
+        );
+        assert_eq!(Mode::SameSender.gdrx_sender(), "perftest");
     }
 }

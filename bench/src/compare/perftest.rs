@@ -235,7 +235,9 @@ impl Args {
         let messages = self.messages(&cl);
         Ok(Sample {
             tool: "perftest",
+            sender: "perftest",
             rep,
+            turn: 0,
             bytes: size,
             messages,
             bw_avg_mib_s: bw,

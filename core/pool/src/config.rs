@@ -86,7 +86,8 @@ pub struct PoolConfig {
     pub max_regions: u32,
     /// Receives kept posted; 0 means every slot, up to the SRQ's depth.
     pub depth: u32,
-    /// Refill once fewer than this many receives are posted; 0 means `depth * 3 / 4`.
+    /// Refill once fewer than this many receives are posted; 0 means `depth` less one post
+    /// batch, or less a quarter of `depth` when that is smaller.
     pub low_watermark: u32,
     /// Most work requests per post call.
     pub post_batch: u32,
@@ -156,7 +157,7 @@ impl PoolConfig {
         max_regions: u32;
         /// Receives kept posted (0: every slot, up to the queue's depth).
         depth: u32;
-        /// Refill below this many posted (0: `depth * 3 / 4`).
+        /// Refill below this many posted (0: `depth` less one post batch, at most a quarter).
         low_watermark: u32;
         /// Most work requests per post call.
         post_batch: u32;

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 
 use gdrx_ring::{Recycler, ReturnError, SlotState};
 
-use gdrx_verbs::Mr;
+use gdrx_verbs::{Doorbell, Mr};
 
 use crate::metrics::ReturnMetrics;
 use crate::provider::{MemoryKind, Region};
@@ -62,6 +62,9 @@ pub(crate) struct Shared {
     raw: Box<[AtomicBool]>,
     held_by_lease: AtomicU64,
     ret_metrics: ReturnMetrics,
+    /// Wakes the poller when it sleeps with every slot lent (`None`: eventfd unavailable; the
+    /// poller then naps and re-checks).
+    pub(crate) doorbell: Option<Doorbell>,
     // Field order is drop order. The receive queue goes first: if this is its last reference,
     // it is destroyed (discarding the receives still posted) before the MRs they point into.
     pub(crate) queue: RecvQueue,
@@ -103,6 +106,13 @@ impl Shared {
             raw: (0..max_slots).map(|_| AtomicBool::new(false)).collect(),
             held_by_lease: AtomicU64::new(0),
             ret_metrics,
+            doorbell: match Doorbell::new() {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no eventfd doorbell: an exhausted pool naps until leases return");
+                    None
+                }
+            },
             queue,
             regions: (0..max_regions).map(|_| OnceLock::new()).collect(),
             headers: (0..max_regions).map(|_| OnceLock::new()).collect(),
@@ -130,8 +140,14 @@ impl Shared {
 
     fn give_back(&self, slot: u32, gen: u32) -> Result<(), ReturnError> {
         let r = self.recycler.give_back(slot, gen);
-        if let Err(e) = &r {
-            self.count_rejection(e);
+        match &r {
+            Ok(()) => {
+                if let Some(d) = &self.doorbell {
+                    // One relaxed load unless the poller sleeps with every slot lent.
+                    d.ring();
+                }
+            }
+            Err(e) => self.count_rejection(e),
         }
         r
     }

@@ -67,7 +67,7 @@ pub use error::{AllocError, Attempt, PoolError, Result};
 pub use state::ConfigError;
 
 use gdrx_verbs::{
-    wait_for, Cq, Device, QueuePair, RecvBatch, Srq, Waiter, WcError, WorkCompletion,
+    wait_for, Cq, Device, Doorbell, QueuePair, RecvBatch, Srq, Waiter, WcError, WorkCompletion,
 };
 
 pub use provider::{DmabufView, MemoryKind, Provider, ProviderCheck, Region, RegionDesc};
@@ -357,9 +357,18 @@ impl Pool {
             self.out.push(RecvEvent::Exhausted { lent });
         }
         let n = self.cq.poll(&mut self.wcs)?;
+        let (mut msgs, mut bytes) = (0u64, 0u64);
         for i in 0..n {
             let wc = self.wcs[i];
-            self.complete(&wc);
+            if let Some(len) = self.complete(&wc) {
+                msgs += 1;
+                bytes += u64::from(len);
+            }
+        }
+        if msgs > 0 {
+            // Once per polled batch, not per message.
+            self.exec.metrics.completions.increment(msgs);
+            self.exec.metrics.bytes.increment(bytes);
         }
         if n > 0 {
             // Failed receives freed their slots: keep the queue fed.
@@ -372,7 +381,8 @@ impl Pool {
         Ok(self.out.len() - before)
     }
 
-    fn complete(&mut self, wc: &WorkCompletion) {
+    /// Handles one completion; returns the bytes of a message lent to the consumer.
+    fn complete(&mut self, wc: &WorkCompletion) -> Option<u32> {
         let result = wc.result();
         let outcome = match &result {
             Ok(()) => Outcome::Received { len: wc.byte_len() },
@@ -388,8 +398,6 @@ impl Pool {
         ) {
             (Verdict::Lend { slot, gen }, _) => {
                 let len = wc.byte_len();
-                self.exec.metrics.completions.increment(1);
-                self.exec.metrics.bytes.increment(u64::from(len));
                 let meta = MessageMeta {
                     len,
                     imm: wc.imm(),
@@ -402,6 +410,7 @@ impl Pool {
                     gen,
                     meta,
                 )));
+                return Some(len);
             }
             (Verdict::Failed, Err(e)) => {
                 self.exec.metrics.completion_errors.increment(1);
@@ -415,6 +424,7 @@ impl Pool {
                 tracing::error!(pool = %self.shared.name, wr_id = wc.wr_id(), "completion for a slot that was not posted");
             }
         }
+        None
     }
 
     /// Drains returned slots and posts every free one now, instead of waiting for the low
@@ -477,6 +487,7 @@ impl Pool {
             slots: self.state.slot_counts(slots),
             rejected: slots.rejected(),
             held_by_lease: self.shared.held_by_lease(),
+            doorbell_rings: self.shared.doorbell.as_ref().map_or(0, Doorbell::rings),
             grow_error: self.grow_error.clone(),
         }
     }
@@ -584,6 +595,21 @@ impl Waiter for PoolWaiter<'_> {
         let pool = &mut *self.pool;
         if pool.state.posted() == 0 {
             // Nothing can complete until leases come back: wait for returns.
+            // The pool is borrowed to poll below: hold the doorbell through its own Arc.
+            let shared = Arc::clone(&pool.shared);
+            if let Some(bell) = &shared.doorbell {
+                // Arm, then look once more: a lease returned before arming is in the ring.
+                bell.arm();
+                let n = pool.poll_into()?;
+                if n > 0 || pool.state.posted() > 0 {
+                    bell.disarm();
+                    return Ok(n);
+                }
+                // Bounded: a ring lost to a weakly ordered machine costs at most this.
+                let cap = Duration::from_millis(1);
+                bell.wait(left.map_or(cap, |l| l.min(cap)))?;
+                return Ok(0);
+            }
             let nap = left.map_or(self.backoff, |l| l.min(self.backoff));
             std::thread::sleep(nap);
             self.backoff = (self.backoff * 2).min(Duration::from_millis(1));

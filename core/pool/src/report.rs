@@ -132,6 +132,9 @@ pub struct PoolStats {
     pub rejected: RejectCounts,
     /// Raw returns rejected because a live `Lease` holds the pair.
     pub held_by_lease: u64,
+    /// Times a return woke the poller through its eventfd doorbell (it sleeps on it while
+    /// every slot is lent).
+    pub doorbell_rings: u64,
     /// Why the pool stopped growing, when a region allocation failed.
     pub grow_error: Option<String>,
 }

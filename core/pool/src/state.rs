@@ -241,7 +241,12 @@ impl Geometry {
             });
         }
         let low_watermark = match cfg.low_watermark {
-            0 => (depth * 3 / 4).max(1),
+            // Refill once a post batch's worth is free (at most a quarter of the depth): a
+            // shallower watermark lets many QPs' senders drain an SRQ between refills (an RNR
+            // storm), and posts stay batched.
+            0 => depth
+                .saturating_sub(cfg.post_batch.max(1).min(depth / 4))
+                .max(1),
             w if w <= depth => w,
             w => {
                 return Err(ConfigError::Watermark {

@@ -7,6 +7,11 @@
 //! out with the same `Backoff` for every queue. rtrb is single-producer, so with 4 producers
 //! each producer gets its own 256-entry rtrb ring and the consumer polls them round-robin.
 //!
+//! "push 64, drain 64" is gdrx's ring with `push_slice` (one CAS on the tail claims up to 64
+//! positions) on the producer side and `drain` on the consumer side, against rtrb's
+//! single-element push and pop: the batch API is what a producer with many returns at once
+//! (a consumer dropping a batch of leases) would use.
+//!
 //! At the end the benchmark prints the rates it measured (criterion's point estimates,
 //! recomputed from the recorded samples) and the gdrx/ArrayQueue and gdrx/rtrb ratios.
 
@@ -27,6 +32,7 @@ const PRODUCER_COUNTS: [usize; 2] = [1, 4];
 
 const GDRX_POP: &str = "gdrx RecycleRing (pop)";
 const GDRX_DRAIN: &str = "gdrx RecycleRing (drain 64)";
+const GDRX_BATCH: &str = "gdrx RecycleRing (push 64, drain 64)";
 const ARRAY_QUEUE: &str = "crossbeam ArrayQueue";
 const RTRB: &str = "rtrb";
 
@@ -85,12 +91,34 @@ where
     elapsed
 }
 
-fn gdrx(producers: usize, iters: u64, batch: bool) -> Duration {
+fn gdrx(producers: usize, iters: u64, batch: bool, push_batch: bool) -> Duration {
     let (ring, mut consumer) = RecycleRing::with_capacity(CAPACITY);
     let make = |_, share: u64| {
         let ring = Arc::clone(&ring);
         move || {
             let backoff = Backoff::new();
+            if push_batch {
+                let mut buf = [0u64; 64];
+                let mut v = 0;
+                while v < share {
+                    let n = (share - v).min(64) as usize;
+                    for (i, b) in buf[..n].iter_mut().enumerate() {
+                        *b = v + i as u64;
+                    }
+                    let mut done = 0;
+                    while done < n {
+                        let k = ring.push_slice(&buf[done..n]);
+                        if k == 0 {
+                            backoff.snooze();
+                        } else {
+                            backoff.reset();
+                        }
+                        done += k;
+                    }
+                    v += n as u64;
+                }
+                return;
+            }
             for v in 0..share {
                 while ring.push(v).is_err() {
                     backoff.snooze();
@@ -202,9 +230,10 @@ fn push_pop(c: &mut Criterion) {
     // One iteration moves one element from a producer to the consumer.
     group.throughput(Throughput::Elements(1));
     type Runner = fn(usize, u64) -> Duration;
-    let queues: [(&'static str, Runner); 4] = [
-        (GDRX_POP, |p, n| gdrx(p, n, false)),
-        (GDRX_DRAIN, |p, n| gdrx(p, n, true)),
+    let queues: [(&'static str, Runner); 5] = [
+        (GDRX_POP, |p, n| gdrx(p, n, false, false)),
+        (GDRX_DRAIN, |p, n| gdrx(p, n, true, false)),
+        (GDRX_BATCH, |p, n| gdrx(p, n, true, true)),
         (ARRAY_QUEUE, array_queue),
         (RTRB, rtrb_rings),
     ];
@@ -251,22 +280,23 @@ fn print_summary() {
     println!();
     println!("push+pop throughput, one consumer thread, {CAPACITY} entries in total");
     println!("(Melem/s: criterion's point estimate, recomputed from this run's samples)");
-    println!("{:<30}{:>14}{:>14}", "queue", "1 producer", "4 producers");
+    println!("{:<38}{:>14}{:>14}", "queue", "1 producer", "4 producers");
     let cell = |r: Option<f64>| r.map_or_else(|| "-".to_string(), |r| format!("{:.2}", r / 1e6));
-    for queue in [GDRX_POP, GDRX_DRAIN, ARRAY_QUEUE, RTRB] {
+    for queue in [GDRX_POP, GDRX_DRAIN, GDRX_BATCH, ARRAY_QUEUE, RTRB] {
         let [one, four] = PRODUCER_COUNTS.map(|p| cell(rate(queue, p)));
-        println!("{queue:<30}{one:>14}{four:>14}");
+        println!("{queue:<38}{one:>14}{four:>14}");
     }
-    let ratio = |other: &str, p| match (rate(GDRX_POP, p), rate(other, p)) {
+    let ratio = |gdrx: &str, other: &str, p| match (rate(gdrx, p), rate(other, p)) {
         (Some(g), Some(o)) => format!("{:.2}x", g / o),
         _ => "-".to_string(),
     };
-    for (label, other) in [
-        ("gdrx (pop) / ArrayQueue", ARRAY_QUEUE),
-        ("gdrx (pop) / rtrb", RTRB),
+    for (label, gdrx, other) in [
+        ("gdrx (pop) / ArrayQueue", GDRX_POP, ARRAY_QUEUE),
+        ("gdrx (pop) / rtrb", GDRX_POP, RTRB),
+        ("gdrx (batches) / rtrb", GDRX_BATCH, RTRB),
     ] {
-        let [one, four] = PRODUCER_COUNTS.map(|p| ratio(other, p));
-        println!("{label:<30}{one:>14}{four:>14}");
+        let [one, four] = PRODUCER_COUNTS.map(|p| ratio(gdrx, other, p));
+        println!("{label:<38}{one:>14}{four:>14}");
     }
     println!(
         "notes: rtrb is SPSC; with 4 producers each has its own {}-entry rtrb ring, polled \

@@ -224,6 +224,69 @@ impl RecycleRing {
     }
 }
 
+impl RecycleRing {
+    /// Pushes a prefix of `vs` from any thread, claiming up to `vs.len()` consecutive
+    /// positions with one CAS on the tail (so `k` values cost one contended RMW instead of
+    /// `k`), and returns how many it pushed: all of them unless the ring filled up. Values
+    /// of one call come out consecutively and in order.
+    ///
+    /// Lock-free and allocation-free, like [`push`](Self::push).
+    pub fn push_slice(&self, vs: &[u64]) -> usize {
+        let mut done = 0;
+        while done < vs.len() {
+            let Some((pos, k)) = self.claim(vs.len() - done) else {
+                break;
+            };
+            for (i, &v) in vs[done..done + k].iter().enumerate() {
+                let p = pos.wrapping_add(i);
+                let entry = &self.entries[p & self.mask];
+                // As in `push`: the value is published by the Release store of `seq`.
+                entry.value.store(v, Ordering::Relaxed);
+                entry.seq.store(p.wrapping_add(1), Ordering::Release);
+            }
+            done += k;
+        }
+        done
+    }
+
+    /// Claims `k` (1 ..= `want`) consecutive free positions; `None` when the ring is full.
+    ///
+    /// The consumer frees entries in position order, so when the entry of position
+    /// `pos + k - 1` is free for it, every entry from `pos` is free too; the Acquire load of
+    /// that last entry's `seq` synchronises with the consumer's Release store that freed it,
+    /// which follows (in its program order) the frees of the earlier ones.
+    fn claim(&self, want: usize) -> Option<(usize, usize)> {
+        // Acquire: as in `push`.
+        let mut pos = self.tail.load(Ordering::Acquire);
+        let mut k = want.min(self.capacity());
+        loop {
+            let last = pos.wrapping_add(k - 1);
+            let seq = self.entries[last & self.mask].seq.load(Ordering::Acquire);
+            let lag = seq.wrapping_sub(last) as isize;
+            if lag == 0 {
+                match self.tail.compare_exchange_weak(
+                    pos,
+                    pos.wrapping_add(k),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return Some((pos, k)),
+                    Err(current) => pos = current,
+                }
+            } else if lag < 0 {
+                // Fewer than `k` free: try fewer; none free is a full ring.
+                if k == 1 {
+                    return None;
+                }
+                k /= 2;
+            } else {
+                // Another producer claimed past `pos`: catch up.
+                pos = self.tail.load(Ordering::Acquire);
+            }
+        }
+    }
+}
+
 impl fmt::Debug for RecycleRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RecycleRing")
@@ -360,6 +423,44 @@ mod tests {
 
     fn assert_send_sync<T: Send + Sync>() {}
     fn assert_send<T: Send>() {}
+
+    #[test]
+    fn batch_pushes_claim_what_fits_in_order_across_the_wrap() {
+        let (ring, mut c) = RecycleRing::with_capacity(8);
+        assert_eq!(ring.push_slice(&[1, 2, 3]), 3);
+        assert_eq!(c.pop(), Some(1));
+        assert_eq!(
+            ring.push_slice(&[4, 5, 6, 7, 8, 9, 10]),
+            6,
+            "8 entries, 2 still held"
+        );
+        let mut out = Vec::new();
+        c.drain(usize::MAX, |v| out.push(v));
+        assert_eq!(out, [2, 3, 4, 5, 6, 7, 8, 9]);
+        // Across the wrap, after laps of single and batch pushes.
+        for lap in 0..5u64 {
+            assert_eq!(ring.push_slice(&[lap, lap + 100, lap + 200]), 3);
+            ring.push(lap + 300).unwrap();
+            let mut got = Vec::new();
+            c.drain(usize::MAX, |v| got.push(v));
+            assert_eq!(got, [lap, lap + 100, lap + 200, lap + 300]);
+        }
+        assert_eq!(ring.push_slice(&[]), 0);
+        assert_eq!(ring.total_pushed(), 3 + 6 + 5 * 4);
+        assert!(ring.is_empty());
+    }
+
+    #[test]
+    fn a_batch_into_a_full_ring_pushes_nothing() {
+        let (ring, mut c) = RecycleRing::with_capacity(2);
+        assert_eq!(ring.push_slice(&[1, 2, 3]), 2);
+        assert_eq!(ring.push_slice(&[4]), 0);
+        assert_eq!(c.pop(), Some(1));
+        assert_eq!(ring.push_slice(&[5, 6]), 1, "one entry was free");
+        let mut out = Vec::new();
+        c.drain(usize::MAX, |v| out.push(v));
+        assert_eq!(out, [2, 5]);
+    }
 
     #[test]
     fn auto_traits() {

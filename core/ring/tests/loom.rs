@@ -72,6 +72,50 @@ fn two_producers_one_consumer_no_loss_no_duplicate_fifo() {
 }
 
 #[test]
+fn a_batch_push_racing_a_single_push_and_the_consumer_loses_nothing() {
+    model(|| {
+        let (ring, mut consumer) = RecycleRing::with_capacity(4);
+        // Fill one entry and pop it, so that the batch claims across the wrap.
+        ring.push(99).unwrap();
+        let mut got = Vec::new();
+        got.extend(consumer.pop());
+        let batch = {
+            let ring = Arc::clone(&ring);
+            thread::spawn(move || ring.push_slice(&[(1 << 32), (1 << 32) | 1, (1 << 32) | 2]))
+        };
+        let single = {
+            let ring = Arc::clone(&ring);
+            thread::spawn(move || ring.push(2 << 32).is_ok())
+        };
+        got.extend(consumer.pop());
+        let pushed = batch.join().unwrap();
+        let one = single.join().unwrap();
+        consumer.drain(usize::MAX, |v| got.push(v));
+        assert_eq!(got[0], 99);
+        let rest = &got[1..];
+        assert_eq!(rest.len(), pushed + usize::from(one), "{got:?}");
+        let batch_vals: Vec<u64> = rest
+            .iter()
+            .copied()
+            .filter(|&v| producer_of(v) == 1)
+            .collect();
+        assert_eq!(batch_vals.len(), pushed);
+        for (i, v) in batch_vals.iter().enumerate() {
+            assert_eq!(
+                *v & 0xffff_ffff,
+                i as u64,
+                "a batch comes out in order: {got:?}"
+            );
+        }
+        // Capacity 4, at most 4 queued at once: everything fits unless the ring was full.
+        assert!(
+            pushed >= 1,
+            "a ring with room takes at least one of a batch"
+        );
+    });
+}
+
+#[test]
 fn push_on_full_ring_hands_value_back_and_loses_nothing() {
     model(|| {
         let (ring, mut consumer) = RecycleRing::with_capacity(2);

@@ -81,6 +81,7 @@
 pub mod cm;
 pub mod cq;
 pub mod device;
+pub mod doorbell;
 pub mod error;
 pub mod event;
 pub mod mem;
@@ -99,6 +100,7 @@ pub use cq::{Cq, WorkCompletion};
 pub use device::{
     device_names, Capabilities, Device, DeviceKind, GidInfo, GidKind, PortInfo, PortState,
 };
+pub use doorbell::Doorbell;
 pub use error::{Error, MemlockLimit, PostError, Result, WcError, WcOpcode, WcStatus};
 pub use event::{AsyncEvent, ObjectId, QpEventKind};
 pub use gdrx_wire::RemoteWindow;

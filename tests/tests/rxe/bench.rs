@@ -119,11 +119,29 @@ fn bench_compare_with_perftest_runs_both_tools() {
         "perftest's version was read: {}",
         c["perftest_version"]
     );
+    assert_eq!(u(&c, "schema"), 2, "compare.json's layout version");
+    let cfg = &c["config"];
+    assert_eq!(u(cfg, "reps"), 1);
+    assert_eq!(cfg["sizes"], serde_json::json!([64, 4096]));
+    assert_eq!(cfg["iters"], serde_json::json!([[64, 300], [4096, 300]]));
+    assert!(cfg["gdrx_receiver"]
+        .as_str()
+        .is_some_and(|r| r.contains("pool buffers")));
     let samples = c["samples"].as_array().expect("samples");
-    assert_eq!(samples.len(), 4, "2 sizes x 2 tools x 1 run");
+    assert_eq!(
+        samples.len(),
+        6,
+        "2 sizes x 3 runs (perftest, gdrx fed by perftest, gdrx fed by gdrx) x 1 repetition"
+    );
     for s in samples {
         let (tool, size) = (s["tool"].as_str().expect("tool"), u(s, "bytes"));
-        let what = format!("{tool} at {size} B");
+        let sender = s["sender"].as_str().expect("sender");
+        let what = format!("{tool} fed by {sender} at {size} B");
+        assert!(
+            f(s, "rx_wall_s") >= 0.05,
+            "{what}: the receiver's wall time runs from its start ({})",
+            f(s, "rx_wall_s")
+        );
         assert_eq!(u(s, "messages"), 300, "{what}");
         assert_consistent(&what, f(s, "bw_avg_mib_s"), f(s, "msg_rate_mpps"), size);
         assert!(
@@ -147,36 +165,65 @@ fn bench_compare_with_perftest_runs_both_tools() {
                 assert_eq!(u(row, "messages"), 300, "{what}");
                 assert_eq!(u(row, "verify_errors"), 0, "{what}");
                 assert!(f(row, "lat_p99_us") >= f(row, "lat_p50_us"), "{what}");
+                if sender == "perftest" {
+                    let client = s["perftest"][1].as_str().expect("the client's own line");
+                    assert!(client.starts_with(&size.to_string()), "{what}: {client}");
+                } else {
+                    assert_eq!(sender, "gdrx-bench");
+                }
             }
             t => panic!("unknown tool {t}"),
         }
     }
-    let sizes = c["sizes"].as_array().expect("per-size summary");
-    assert_eq!(sizes.len(), 2);
-    for s in sizes {
-        for k in ["bw_ratio", "msg_rate_ratio", "cpu_ratio"] {
-            let r = f(s, k);
-            assert!(r.is_finite() && r > 0.0, "{k} = {r} at {} B", u(s, "bytes"));
+    for table in ["same_sender", "tool_vs_tool"] {
+        assert_eq!(c[table]["mode"], table.replace('_', "-"));
+        let sizes = c[table]["sizes"].as_array().expect("per-size summary");
+        assert_eq!(sizes.len(), 2, "{table}");
+        for s in sizes {
+            for k in ["bw_ratio", "msg_rate_ratio", "cpu_ratio"] {
+                let r = f(s, k);
+                assert!(
+                    r.is_finite() && r > 0.0,
+                    "{table}: {k} = {r} at {} B",
+                    u(s, "bytes")
+                );
+            }
+            let bw = &s["gdrx"]["bw_avg_mib_s"];
+            assert!(
+                f(bw, "min") <= f(bw, "median") && f(bw, "median") <= f(bw, "max"),
+                "{table}: min <= median <= max: {bw}"
+            );
         }
     }
+    assert!(
+        text.find("SAME SENDER") < text.find("TOOL AGAINST TOOL"),
+        "the same-sender table comes first"
+    );
     for needle in [
-        "target: message rate at 64 B >= 1.0x ib_send_bw",
-        "target: avg BW at 4096 B >= 1.0x ib_send_bw",
-        "target: receiver CPU per message",
+        "target (same sender): avg BW at 64 B >= 1.10x ib_send_bw's receiver",
+        "target (same sender): avg BW at 4096 B >= 1.10x ib_send_bw's receiver",
+        "target (same sender): receiver CPU per message <= 0.8x",
+        "measured under emulation",
     ] {
         assert!(text.contains(needle), "compare.txt has `{needle}`");
     }
-    let svg = std::fs::read_to_string(out.join("bw_vs_size.svg")).expect("the plot");
+    let svg = std::fs::read_to_string(out.join("bw_vs_size.svg"))
+        .expect("the plot")
+        .replace("&apos;", "'");
     assert!(svg.starts_with("<svg"), "an SVG document");
-    for label in ["ib_send_bw (perftest)", "gdrx"] {
+    for label in [
+        "ib_send_bw's receiver (perftest)",
+        "gdrx's receiver, fed by ib_send_bw",
+        "gdrx's receiver, fed by gdrx-bench client",
+    ] {
         assert!(
-            svg.lines().any(|l| l.trim() == label),
-            "the legend names `{label}`"
+            svg.lines().filter(|l| l.trim() == label).count() == 3,
+            "each panel's legend names `{label}`"
         );
     }
     assert!(
-        svg.matches("<circle").count() >= 4,
-        "a point per size and tool"
+        svg.matches("<circle").count() >= 2 * 3 * 3,
+        "a point per size, series and panel"
     );
 }
 
@@ -196,6 +243,9 @@ fn bench_verifies_send_and_write_imm_over_a_sweep_with_every_provider() {
                 "-e",
                 "--provider",
                 "udmabuf",
+                // 2 x 256 posted + 256 to hold, 48 MiB at 64 KiB: under udmabuf's 64 MiB limit.
+                "-r",
+                "256",
                 "-c",
                 "3",
                 "--hold",
@@ -399,14 +449,21 @@ fn bench_consumer_holding_every_buffer_is_counted_and_loses_nothing() {
 /// `gdrx-bench server` for one run on `port`, once it listens; its stderr, the rest of which
 /// says how the run ended.
 fn one_run_server(port: &str) -> (std::process::Child, BufReader<std::process::ChildStderr>) {
-    let mut server = cmd(
-        "server",
-        &["--port", port, "--runs", "1", "--idle-timeout", "60"],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("server");
+    server_with(port, &[])
+}
+
+/// The same, with more arguments.
+fn server_with(
+    port: &str,
+    extra: &[&str],
+) -> (std::process::Child, BufReader<std::process::ChildStderr>) {
+    let mut args = vec!["--port", port, "--runs", "1", "--idle-timeout", "60"];
+    args.extend(extra);
+    let mut server = cmd("server", &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("server");
     let mut err = BufReader::new(server.stderr.take().expect("stderr"));
     let mut line = String::new();
     while !line.contains("listening on") {
@@ -417,6 +474,100 @@ fn one_run_server(port: &str) -> (std::process::Child, BufReader<std::process::C
         );
     }
     (server, err)
+}
+
+/// perftest's own client, `ib_send_bw -R`, to `port` (killed after 120 s: it has no timeouts).
+fn perftest_client(port: &str, args: &[&str]) -> Output {
+    let e = env();
+    Command::new("timeout")
+        .args(["120", "ib_send_bw", "-d", &e.dev, "-F", "-R", "-p", port])
+        .args(args)
+        .arg(e.ip.to_string())
+        .output()
+        .expect("running ib_send_bw (deploy/install-deps.sh installs perftest)")
+}
+
+#[test]
+#[ignore = "needs an rxe device: run through deploy/testbed.sh"]
+fn bench_server_is_fed_by_perftests_own_client() {
+    // Two QPs, so that the data connections are counted from the requests.
+    let port = "18611";
+    let (server, mut err) = server_with(
+        port,
+        &["--perftest", "-s", "4096", "-n", "500", "-q", "2", "--json"],
+    );
+    let c = perftest_client(port, &["-s", "4096", "-n", "500", "-q", "2"]);
+    let client = String::from_utf8_lossy(&c.stdout).into_owned();
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).expect("server stderr");
+    let o = server.wait_with_output().expect("server");
+    println!(
+        "ib_send_bw:\n{client}{}\ngdrx-bench server:\n{rest}",
+        String::from_utf8_lossy(&c.stderr)
+    );
+    assert!(
+        c.status.success(),
+        "ib_send_bw -R finished against gdrx's receiver"
+    );
+    assert!(o.status.success(), "the server finished the run");
+    let rows = json_lines(&o);
+    assert_eq!(rows.len(), 1, "one run");
+    let r = &rows[0];
+    assert_eq!(u(r, "messages"), 1000, "500 messages on each of 2 QPs");
+    assert_eq!(u(r, "qps"), 2);
+    assert_eq!(u(r, "bytes"), 4096);
+    assert_eq!(u(r, "verify_errors"), 0, "every message was 4096 B");
+    assert_consistent(
+        "gdrx fed by ib_send_bw",
+        f(r, "bw_avg_mib_s"),
+        f(r, "msg_rate_mpps"),
+        4096,
+    );
+    assert!(
+        client
+            .lines()
+            .any(|l| l.trim_start().starts_with("4096")
+                && l.split_whitespace().nth(1) == Some("1000")),
+        "the client reports its 4096 B run of 2 x 500 iterations (it counts all its QPs): {client}"
+    );
+
+    // A client that sends more than the server was told: the run fails, naming the count.
+    let port = "18612";
+    let (mut server, mut err) = server_with(port, &["--perftest", "-s", "4096", "-n", "400"]);
+    let c = perftest_client(port, &["-s", "4096", "-n", "500"]);
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).expect("server stderr");
+    let st = server.wait().expect("server");
+    println!("told 400, sent 500: server:\n{rest}\nclient: {}", c.status);
+    assert!(!st.success(), "the server fails the run");
+    assert!(
+        rest.contains("more than the 400 messages announced (-n)"),
+        "and says why: {rest}"
+    );
+    // perftest's client has no timeouts; the server answers it to the end of its run, so that
+    // it ends at once instead of waiting forever for the server that failed the run.
+    assert_ne!(
+        c.status.code(),
+        Some(124),
+        "the client did not hang until killed"
+    );
+
+    // Messages of another size than -s are counted and fail the run.
+    let port = "18613";
+    let (mut server, mut err) = server_with(port, &["--perftest", "-s", "4096", "-n", "200"]);
+    let c = perftest_client(port, &["-s", "1024", "-n", "200"]);
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).expect("server stderr");
+    let st = server.wait().expect("server");
+    println!(
+        "told 4096 B, sent 1024 B: server:\n{rest}\nclient: {}",
+        c.status
+    );
+    assert!(!st.success(), "the server fails the run");
+    assert!(
+        rest.contains("were not 4096 B long"),
+        "and says why: {rest}"
+    );
 }
 
 #[test]

@@ -282,6 +282,36 @@ fn pool_consumer_holding_every_slot_stalls_senders_on_rnr() {
 
 #[test]
 #[ignore = "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)"]
+fn pool_exhausted_by_a_slow_consumer_thread_is_woken_by_its_doorbell() {
+    let env = env();
+    // 8 slots, one consumer thread holding each lease up to 20 ms: the sender lends every
+    // slot at once, and the poller waits in poll_blocking with nothing posted.
+    let mut t = base(
+        "doorbell",
+        host(),
+        Consumers::Threads {
+            n: 1,
+            max_hold: Duration::from_millis(20),
+        },
+    );
+    t.pool.slots_per_region = 8;
+    t.conns = 1;
+    t.messages = 150;
+    let o = run_pool(&env, &t, PEER.as_ref()).expect("pool run");
+    show(
+        "pool_exhausted_by_a_slow_consumer_thread_is_woken_by_its_doorbell",
+        &t,
+        &o,
+    );
+    assert_pool_clean(&o, &t);
+    assert!(o.stats.empty_events >= 1, "the pool ran dry: {:?}", o.stats);
+    // Returns from the consumer thread rang the poller's eventfd while it slept with every
+    // slot lent (rather than the poller napping and re-checking).
+    assert!(o.stats.doorbell_rings >= 1, "{:?}", o.stats);
+}
+
+#[test]
+#[ignore = "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)"]
 fn pool_adversarial_raw_returns_are_rejected_counted_and_in_metrics() {
     let env = env();
     let snap = snapshotter();
