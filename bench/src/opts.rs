@@ -250,6 +250,10 @@ pub struct RecvOpts {
     /// `uniform:MIN-MAX` or `exp:MEAN` (exponential distribution).
     #[arg(long, default_value = "0")]
     pub hold: Hold,
+    /// Most connections a run may have (the client announces them; they size the SRQ, the
+    /// pool and the WRITE windows).
+    #[arg(long, default_value_t = 64)]
+    pub max_qps: u16,
     /// Expose the pool metrics at this address (`http://ADDR/metrics`, Prometheus format)
     /// while it runs.
     #[arg(long)]

@@ -351,6 +351,14 @@ mod tests {
                 assert_eq!(x.data_conns(), n);
                 assert_eq!(x.phase(), Phase::Closed);
                 assert_eq!(x.client_version(), Some("6.06"));
+                // Nothing follows the closing exchange.
+                assert!(matches!(
+                    x.answer(&vec![0; dest], n, Dest::default()),
+                    Err(WireError::Unexpected {
+                        phase: Phase::Closed,
+                        ..
+                    })
+                ));
             }
         }
     }

@@ -182,6 +182,24 @@ fn provider(kind: ProviderKind) -> Arc<dyn Provider> {
 impl Run {
     fn setup(rx: &Receiver, spec: &RunSpec) -> anyhow::Result<Run> {
         let o = &rx.opts;
+        // The connection count comes from the peer and sizes the SRQ, the CQ, the pool and the
+        // WRITE windows: bounded before anything is allocated.
+        if spec.qps > o.max_qps {
+            bail!(
+                "the run asks for {} connections; this server takes at most {} (--max-qps)",
+                spec.qps,
+                o.max_qps
+            );
+        }
+        let (depth, slots) = (o.depth(spec.qps), o.pool_slots(spec.qps));
+        if slots < depth {
+            bail!(
+                "--pool-slots {slots} is below the {depth} receives a run of {} connections keeps \
+                 posted (-r {} per connection): raise --pool-slots or lower -r",
+                spec.qps,
+                o.rx_depth
+            );
+        }
         let cqe = o.srq_depth(spec.qps) + 64;
         let cq = if o.events {
             Cq::with_events(&rx.dev, cqe)?
@@ -190,7 +208,6 @@ impl Run {
         };
         let scq = Cq::new(&rx.dev, 16)?;
         let srq = Srq::new(&rx.pd, SrqConfig::new(o.srq_depth(spec.qps), 1))?;
-        let slots = o.pool_slots(spec.qps);
         // WRITE_WITH_IMM puts the payload in the window; the receive itself carries nothing.
         let slot_size = match spec.op {
             Op::Send => spec.size,
@@ -211,7 +228,8 @@ impl Run {
             let total = u64::from(slots) * u64::from(slot_size);
             format!(
                 "building the {} pool: {} buffers of {slot_size} B ({:.1} MiB) for {} B \
-                 messages (lower --pool-slots, or -r/--rx-depth, which sets it to twice its value)",
+                 messages (lower --pool-slots, or -r/--rx-depth, which sets it to -r x \
+                 (connections + 1))",
                 o.provider.name(),
                 slots,
                 total as f64 / f64::from(1u32 << 20),
@@ -376,6 +394,9 @@ impl Run {
             inline: (o.consumers == 0).then(|| Consumer::new(true, o.hold, verify_payload, 99)),
             tx: (o.consumers > 0).then_some(tx),
             pending: Vec::new(),
+            // A batch goes to one consumer thread: with holds, its leases would wait behind
+            // each other's holds while the other threads idle, so then hand them out one by one.
+            batch_handoff: o.hold.is_zero(),
             qpn,
             next: vec![0; usize::from(spec.qps)],
             done: vec![false; usize::from(spec.qps)],
@@ -474,7 +495,7 @@ impl Run {
             if let Some(i) = (0..conns.len()).find(|&i| gone[i] && !t.done[i]) {
                 break Err(anyhow!(
                     "the sender of connection {i} disconnected after {} of its messages (peer {:?})",
-                    t.next[i],
+                    t.count[i],
                     conns[i].peer_addr()
                 ));
             }
@@ -571,6 +592,8 @@ struct Tally {
     tx: Option<crossbeam_channel::Sender<Vec<Handoff>>>,
     /// This poll batch's leases for the consumer threads.
     pending: Vec<Handoff>,
+    /// Send a poll batch's leases in one channel operation (consumers that hold nothing).
+    batch_handoff: bool,
     qpn: Vec<u32>,
     next: Vec<u32>,
     done: Vec<bool>,
@@ -706,8 +729,13 @@ impl Tally {
     fn hand_off(&mut self, h: Handoff) {
         if let Some(c) = &mut self.inline {
             c.take(h, None);
-        } else if self.tx.is_some() {
-            self.pending.push(h);
+        } else if let Some(tx) = &self.tx {
+            if self.batch_handoff {
+                self.pending.push(h);
+            } else {
+                // The consumers only go away after the run.
+                let _ = tx.send(vec![h]);
+            }
         }
     }
 

@@ -191,7 +191,8 @@ impl Receiver {
             rows.push(row);
             if bad > 0 {
                 bail!(
-                    "{bad} messages of the {} B run were not {} B long",
+                    "{bad} messages of the {} B run were not {} B long (or came on a QP of no \
+                     data connection)",
                     p.size,
                     p.size
                 );
@@ -235,6 +236,7 @@ impl Receiver {
             srqn,
         };
         // Setup and key exchanges, accepting the data connections between H0 and H1.
+        let mut refusal: Option<anyhow::Error> = None;
         let deadline = Instant::now() + STALL_TIMEOUT;
         loop {
             // Block between messages (the process's CPU time is part of what is measured):
@@ -256,7 +258,9 @@ impl Receiver {
                     .map_err(|e| anyhow!(e))?;
                 ctl.reply(&reply)?;
                 if let Some(n) = x.negotiated() {
-                    check_negotiated(n, p)?;
+                    if let Err(e) = check_negotiated(n, p) {
+                        refusal.get_or_insert(e);
+                    }
                 }
                 if step == Step::Start {
                     break;
@@ -272,14 +276,17 @@ impl Receiver {
                 );
             }
         }
+        // perftest's client has no timeouts: failing here would leave it waiting forever. A run
+        // that breaks what this server was told is measured and answered to its end, then
+        // failed with the reason.
         if x.data_conns() != usize::from(p.qps) {
-            bail!(
+            refusal.get_or_insert(anyhow!(
                 "the client opened {} data connections (its -q) but this server was told -q {}",
                 x.data_conns(),
                 p.qps
-            );
+            ));
         }
-        spec.qps = p.qps;
+        spec.qps = u16::try_from(x.data_conns()).context("data connections")?;
         tracing::info!(
             client = x.client_version().unwrap_or("?"),
             qps = conns.len(),
@@ -307,12 +314,22 @@ impl Receiver {
             // client has no timeouts: it waits for the reply to its closing exchange forever.
             // Take (and drop) whatever it still sends and answer it, so that a failed run costs
             // only itself; an error is reported all the same.
-            finish_client(&mut run, &mut ctl, &mut x);
+            let extra = finish_client(&mut run, &mut ctl, &mut x);
+            if extra > 0 && row.is_ok() {
+                // Every connection had sent its -n when the run ended: anything after is more
+                // than announced.
+                refusal.get_or_insert(anyhow!(
+                    "the client sent {extra} messages more than the {} per QP announced (-n)",
+                    spec.iters
+                ));
+            }
         }
         // Let the last reply go out before the data connections are torn down.
         let t = Instant::now();
         while ctl.sending && t.elapsed() < Duration::from_secs(2) {
-            let _ = ctl.poll();
+            if ctl.poll().is_err() {
+                break;
+            }
         }
         for c in &mut conns {
             let _ = c.disconnect();
@@ -320,45 +337,62 @@ impl Receiver {
         drop(conns);
         let teardown = run.pool.close();
         tracing::debug!("{teardown}");
-        row
+        match refusal {
+            Some(e) => Err(e),
+            None => row,
+        }
     }
 }
 
 /// After the run's last message, or a failed run: receives and drops what the client still
 /// sends, and answers its control messages until its closing exchange (at most
-/// [`FINISH_TIMEOUT`]).
-fn finish_client(run: &mut Run, ctl: &mut Control, x: &mut Exchange) {
+/// [`FINISH_TIMEOUT`]). Returns the messages it dropped.
+fn finish_client(run: &mut Run, ctl: &mut Control, x: &mut Exchange) -> u64 {
     let deadline = Instant::now() + FINISH_TIMEOUT;
+    let mut messages = 0u64;
     while x.phase() != Phase::Closed && Instant::now() < deadline {
         match run.pool.poll() {
-            // Dropping the batch drops its leases: the slots go back and are posted again.
-            Ok(batch) => drop(batch),
+            // Dropping the leases puts their slots back to be posted again.
+            Ok(batch) => {
+                messages += batch
+                    .filter(|ev| matches!(ev, gdrx_core::RecvEvent::Message(_)))
+                    .count() as u64;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "draining a failed run");
-                return;
+                return messages;
             }
         }
         match ctl.next(Duration::from_millis(1)) {
             Ok(Some(msg)) => match x.answer(&msg, 0, Dest::default()) {
                 Ok((reply, _)) => {
                     if ctl.reply(&reply).is_err() {
-                        return;
+                        return messages;
                     }
                 }
-                Err(_) => return,
+                Err(_) => return messages,
             },
             Ok(None) => {}
-            Err(_) => return,
+            Err(_) => return messages,
         }
     }
+    messages
 }
 
 /// How long a failed run waits for perftest's client to finish.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A perftest 6.28+ client says what it will send: refuse at the handshake what the run
-/// could not take, rather than failing it message by message.
+/// A perftest 6.28+ client (one that negotiates although this server reports a lower version)
+/// says what it will send: a mismatch with what this server was told is the run's error, named
+/// by flag (reported once the client has been answered to its end).
 fn check_negotiated(n: crate::perftest_wire::Negotiated, p: PerftestRun) -> anyhow::Result<()> {
+    if n.qps != u32::from(p.qps) {
+        bail!(
+            "the client opens {} QPs (its -q) but this server was told -q {}",
+            n.qps,
+            p.qps
+        );
+    }
     if n.size != u64::from(p.size) {
         bail!(
             "the client sends {} B messages (its -s) but this server was told -s {}",

@@ -228,7 +228,8 @@ impl RecycleRing {
     /// Pushes a prefix of `vs` from any thread, claiming up to `vs.len()` consecutive
     /// positions with one CAS on the tail (so `k` values cost one contended RMW instead of
     /// `k`), and returns how many it pushed: all of them unless the ring filled up. Values
-    /// of one call come out consecutively and in order.
+    /// of one call come out in order; they are consecutive when one claim took them all (when
+    /// fewer positions were free, other producers' values may come between the claims).
     ///
     /// Lock-free and allocation-free, like [`push`](Self::push).
     pub fn push_slice(&self, vs: &[u64]) -> usize {

@@ -7,11 +7,12 @@
 //! no system call on the return path unless the poller is asleep.
 //!
 //! Ordering: the sleeper arms, then checks for work once more, then sleeps; the ringer
-//! publishes its work, then reads the flag. The flag is read `Relaxed`, so on weakly ordered
-//! machines a ring can be missed in the window between the two; a sleeper must therefore
-//! always pass a bounded timeout (the pool uses 1 ms, the back-off it had before), which bounds
-//! the cost of a missed ring. On x86 the ringer's publishing is a locked instruction, which
-//! orders the load after it, so rings are not missed there.
+//! publishes its work, then reads the flag. That is the store-buffering pattern: without a
+//! full fence on both sides each can miss the other's store, and the ringer's publishing ends
+//! with a plain release store that a later load may pass, on x86 too. A fence on every return
+//! would cost more than the rare sleep it serves, so the flag is read `Relaxed` and a ring can
+//! be missed; a sleeper must therefore always pass a bounded timeout (the pool uses 1 ms, the
+//! back-off it had before), which bounds what a missed ring costs.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

@@ -541,7 +541,9 @@ fn bench_server_is_fed_by_perftests_own_client() {
     println!("told 400, sent 500: server:\n{rest}\nclient: {}", c.status);
     assert!(!st.success(), "the server fails the run");
     assert!(
-        rest.contains("more than the 400 messages announced (-n)"),
+        // Caught in the run ("connection 0 sent more than the 400 messages announced") or
+        // after its 400th ("sent 100 messages more than the 400 per QP announced").
+        rest.contains("more than the 400") && rest.contains("announced (-n)"),
         "and says why: {rest}"
     );
     // perftest's client has no timeouts; the server answers it to the end of its run, so that
@@ -551,6 +553,38 @@ fn bench_server_is_fed_by_perftests_own_client() {
         Some(124),
         "the client did not hang until killed"
     );
+
+    // Without -n the run ends with the client's closing exchange.
+    let port = "18614";
+    let (server, _err) = server_with(port, &["--perftest", "-s", "512", "--json"]);
+    let c = perftest_client(port, &["-s", "512", "-n", "300"]);
+    let o = server.wait_with_output().expect("server");
+    assert!(
+        c.status.success() && o.status.success(),
+        "a run of unknown count"
+    );
+    let rows = json_lines(&o);
+    assert_eq!(
+        u(&rows[0], "messages"),
+        300,
+        "every message, counted to the close"
+    );
+
+    // More QPs than the server was told: measured and answered to the end, then failed
+    // naming -q (the client does not hang).
+    let port = "18615";
+    let (mut server, mut err) = server_with(port, &["--perftest", "-s", "512", "-q", "1"]);
+    let c = perftest_client(port, &["-s", "512", "-n", "200", "-q", "2"]);
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).expect("server stderr");
+    let st = server.wait().expect("server");
+    println!("told -q 1, opened 2: server:\n{rest}\nclient: {}", c.status);
+    assert!(!st.success(), "the server fails the run");
+    assert!(
+        rest.contains("opened 2 data connections (its -q) but this server was told -q 1"),
+        "and says why: {rest}"
+    );
+    assert_ne!(c.status.code(), Some(124), "the client did not hang");
 
     // Messages of another size than -s are counted and fail the run.
     let port = "18613";

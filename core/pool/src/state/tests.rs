@@ -362,6 +362,22 @@ fn derives_depth_watermark_and_post_batch() {
     .unwrap();
     assert_eq!((g.depth, g.low_watermark, g.post_batch), (1, 1, 1));
     assert_eq!(g.region_len(), 8 * 4096);
+    // A deep queue refills once a post batch's worth is free, not at three quarters.
+    let deep = QueueLimits {
+        max_wr: 1024,
+        ..SRQ
+    };
+    let g = Geometry::new(
+        &Shape {
+            slots_per_region: 2048,
+            depth: 1024,
+            post_batch: 64,
+            ..shape()
+        },
+        deep,
+    )
+    .unwrap();
+    assert_eq!((g.depth, g.low_watermark, g.post_batch), (1024, 960, 64));
 }
 
 // ---- posting, watermark and growth ----
