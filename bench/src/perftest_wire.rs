@@ -214,7 +214,8 @@ impl Exchange {
     }
 
     /// Answers one control message. `accepted` is the number of data connections accepted so
-    /// far (read at H1); `me` is what the server says about itself in key exchanges.
+    /// far (read only at H1; any value elsewhere); `me` is what the server says about itself in
+    /// key exchanges.
     ///
     /// # Errors
     /// A message this protocol has no place for; see [`WireError`].

@@ -257,11 +257,6 @@ impl Receiver {
                     .answer(&msg, conns.len(), me(&conns, 0))
                     .map_err(|e| anyhow!(e))?;
                 ctl.reply(&reply)?;
-                if let Some(n) = x.negotiated() {
-                    if let Err(e) = check_negotiated(n, p) {
-                        refusal.get_or_insert(e);
-                    }
-                }
                 if step == Step::Start {
                     break;
                 }
@@ -279,6 +274,11 @@ impl Receiver {
         // perftest's client has no timeouts: failing here would leave it waiting forever. A run
         // that breaks what this server was told is measured and answered to its end, then
         // failed with the reason.
+        if let Some(n) = x.negotiated() {
+            if let Err(e) = check_negotiated(n, p) {
+                refusal.get_or_insert(e);
+            }
+        }
         if x.data_conns() != usize::from(p.qps) {
             refusal.get_or_insert(anyhow!(
                 "the client opened {} data connections (its -q) but this server was told -q {}",
@@ -297,7 +297,7 @@ impl Receiver {
             let Some(msg) = ctl.poll()? else {
                 return Ok(false);
             };
-            let (reply, step) = x.answer(&msg, conns_len(&spec), Dest::default())?;
+            let (reply, step) = x.answer(&msg, 0, Dest::default())?;
             ctl.reply(&reply)?;
             Ok(step == Step::End)
         };
@@ -409,8 +409,4 @@ fn check_negotiated(n: crate::perftest_wire::Negotiated, p: PerftestRun) -> anyh
         }
     }
     Ok(())
-}
-
-fn conns_len(spec: &RunSpec) -> usize {
-    usize::from(spec.qps)
 }

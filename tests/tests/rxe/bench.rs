@@ -487,6 +487,28 @@ fn perftest_client(port: &str, args: &[&str]) -> Output {
         .expect("running ib_send_bw (deploy/install-deps.sh installs perftest)")
 }
 
+/// `ib_send_bw -R` with `client` against `gdrx-bench server --perftest` with `server` on
+/// `port`, for a run the server must fail: asserts that it failed and that the client ended
+/// without being killed (it has no timeouts: the server answers it to the end of its run).
+/// Returns the server's stderr, which says why.
+fn perftest_run_fails(port: &str, server: &[&str], client: &[&str], what: &str) -> String {
+    let mut args = vec!["--perftest"];
+    args.extend(server);
+    let (mut server, mut err) = server_with(port, &args);
+    let c = perftest_client(port, client);
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).expect("server stderr");
+    let st = server.wait().expect("server");
+    println!("{what}: server:\n{rest}\nclient: {}", c.status);
+    assert!(!st.success(), "{what}: the server fails the run");
+    assert_ne!(
+        c.status.code(),
+        Some(124),
+        "{what}: the client did not hang until killed"
+    );
+    rest
+}
+
 #[test]
 #[ignore = "needs an rxe device: run through deploy/testbed.sh"]
 fn bench_server_is_fed_by_perftests_own_client() {
@@ -532,26 +554,17 @@ fn bench_server_is_fed_by_perftests_own_client() {
     );
 
     // A client that sends more than the server was told: the run fails, naming the count.
-    let port = "18612";
-    let (mut server, mut err) = server_with(port, &["--perftest", "-s", "4096", "-n", "400"]);
-    let c = perftest_client(port, &["-s", "4096", "-n", "500"]);
-    let mut rest = String::new();
-    err.read_to_string(&mut rest).expect("server stderr");
-    let st = server.wait().expect("server");
-    println!("told 400, sent 500: server:\n{rest}\nclient: {}", c.status);
-    assert!(!st.success(), "the server fails the run");
+    let rest = perftest_run_fails(
+        "18612",
+        &["-s", "4096", "-n", "400"],
+        &["-s", "4096", "-n", "500"],
+        "told 400, sent 500",
+    );
     assert!(
         // Caught in the run ("connection 0 sent more than the 400 messages announced") or
         // after its 400th ("sent 100 messages more than the 400 per QP announced").
         rest.contains("more than the 400") && rest.contains("announced (-n)"),
         "and says why: {rest}"
-    );
-    // perftest's client has no timeouts; the server answers it to the end of its run, so that
-    // it ends at once instead of waiting forever for the server that failed the run.
-    assert_ne!(
-        c.status.code(),
-        Some(124),
-        "the client did not hang until killed"
     );
 
     // Without -n the run ends with the client's closing exchange.
@@ -571,33 +584,25 @@ fn bench_server_is_fed_by_perftests_own_client() {
     );
 
     // More QPs than the server was told: measured and answered to the end, then failed
-    // naming -q (the client does not hang).
-    let port = "18615";
-    let (mut server, mut err) = server_with(port, &["--perftest", "-s", "512", "-q", "1"]);
-    let c = perftest_client(port, &["-s", "512", "-n", "200", "-q", "2"]);
-    let mut rest = String::new();
-    err.read_to_string(&mut rest).expect("server stderr");
-    let st = server.wait().expect("server");
-    println!("told -q 1, opened 2: server:\n{rest}\nclient: {}", c.status);
-    assert!(!st.success(), "the server fails the run");
+    // naming -q.
+    let rest = perftest_run_fails(
+        "18615",
+        &["-s", "512", "-q", "1"],
+        &["-s", "512", "-n", "200", "-q", "2"],
+        "told -q 1, opened 2",
+    );
     assert!(
         rest.contains("opened 2 data connections (its -q) but this server was told -q 1"),
         "and says why: {rest}"
     );
-    assert_ne!(c.status.code(), Some(124), "the client did not hang");
 
     // Messages of another size than -s are counted and fail the run.
-    let port = "18613";
-    let (mut server, mut err) = server_with(port, &["--perftest", "-s", "4096", "-n", "200"]);
-    let c = perftest_client(port, &["-s", "1024", "-n", "200"]);
-    let mut rest = String::new();
-    err.read_to_string(&mut rest).expect("server stderr");
-    let st = server.wait().expect("server");
-    println!(
-        "told 4096 B, sent 1024 B: server:\n{rest}\nclient: {}",
-        c.status
+    let rest = perftest_run_fails(
+        "18613",
+        &["-s", "4096", "-n", "200"],
+        &["-s", "1024", "-n", "200"],
+        "told 4096 B, sent 1024 B",
     );
-    assert!(!st.success(), "the server fails the run");
     assert!(
         rest.contains("were not 4096 B long"),
         "and says why: {rest}"
