@@ -605,7 +605,7 @@ impl Waiter for PoolWaiter<'_> {
                     bell.disarm();
                     return Ok(n);
                 }
-                // Bounded: a ring lost to a weakly ordered machine costs at most this.
+                // Bounded: a ring can be missed (see `Doorbell`), which costs at most this.
                 let cap = Duration::from_millis(1);
                 bell.wait(left.map_or(cap, |l| l.min(cap)))?;
                 return Ok(0);
