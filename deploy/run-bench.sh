@@ -8,7 +8,7 @@
 #                                             # perftest's server and gdrx's, then gdrx-bench
 #                                             # client feeding gdrx's): the same-sender table,
 #                                             # then tool against tool, min/median/max, ratios
-#   deploy/run-bench.sh --sizes 4096 -n 5000 --op write-imm -c 2 --hold exp:50us
+#   deploy/run-bench.sh --sizes 4096 -n 5000 --op write-imm -C 2 --hold exp:50us
 #   deploy/run-bench.sh loopback -a -n 2000   # another gdrx-bench mode
 #   deploy/run-bench.sh python [--sizes 64,4096,65536 --iters 20000 --reps 3]
 #                                             # the Python consumer (gdrx.Receiver + numpy)

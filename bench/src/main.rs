@@ -90,6 +90,8 @@ struct ClientArgs {
     send: SendOpts,
     #[command(flatten)]
     out: OutOpts,
+    /// The server's address, as perftest takes it (default: --ip).
+    server: Option<std::net::IpAddr>,
 }
 
 /// `gdrx-bench loopback`.
@@ -118,7 +120,7 @@ fn install_prometheus(addr: Option<SocketAddr>) -> anyhow::Result<()> {
 
 fn server(a: &ServerArgs) -> anyhow::Result<()> {
     install_prometheus(a.recv.prometheus)?;
-    let mut rx = recv::Receiver::bind(&a.target.dev, a.target.addr(), &a.recv)?;
+    let mut rx = recv::Receiver::bind(&a.target.dev, a.target.ib_port, a.target.addr()?, &a.recv)?;
     // `compare` waits for this line before it starts the client.
     eprintln!(
         "gdrx-bench server: listening on {} ({}, {})",
@@ -135,21 +137,34 @@ fn server(a: &ServerArgs) -> anyhow::Result<()> {
         };
         rx.serve_perftest(p, a.runs, idle, &a.out)?;
     } else {
-        rx.serve(a.runs, idle, &a.out)?;
+        rx.serve(a.runs, idle, &a.out, false)?;
     }
     Ok(())
 }
 
 fn client(a: &ClientArgs) -> anyhow::Result<()> {
-    let tx = send::Sender::open(&a.target.dev)?;
-    tx.run_all(a.target.addr(), &a.send, &a.out, false)?;
+    let Some(ip) = a.server.or(a.target.ip) else {
+        anyhow::bail!(
+            "no server address: give it as the last argument, as with perftest, or with --ip \
+             (or $GDRX_RDMA_IP)"
+        );
+    };
+    let tx = send::Sender::open(&a.target.dev, a.target.ib_port, a.target.gid_ip()?)?;
+    tx.run_all(SocketAddr::new(ip, a.target.port), &a.send, &a.out, false)?;
     Ok(())
 }
 
 fn loopback(a: &LoopbackArgs) -> anyhow::Result<()> {
     a.send.validate()?;
+    recv::check_runs(&a.recv, &a.send).context("receiver")?;
     install_prometheus(a.recv.prometheus)?;
-    let mut rx = recv::Receiver::bind(&a.target.dev, SocketAddr::new(a.target.ip, 0), &a.recv)?;
+    let ip = a.target.local_ip()?;
+    let mut rx = recv::Receiver::bind(
+        &a.target.dev,
+        a.target.ib_port,
+        SocketAddr::new(ip, 0),
+        &a.recv,
+    )?;
     let addr = rx.local_addr();
     if !a.out.json {
         println!(
@@ -164,14 +179,15 @@ fn loopback(a: &LoopbackArgs) -> anyhow::Result<()> {
         );
     }
     let (dev, send, out) = (a.target.dev.clone(), a.send.clone(), a.out.clone());
+    let port = a.target.ib_port;
     let sender = std::thread::Builder::new()
         .name("gdrx-sender".into())
         .spawn(move || -> anyhow::Result<()> {
-            let tx = send::Sender::open(&dev)?;
+            let tx = send::Sender::open(&dev, port, None)?;
             tx.run_all(addr, &send, &out, true)?;
             Ok(())
         })?;
-    let served = rx.serve(None, Some(Duration::from_secs(60)), &a.out);
+    let served = rx.serve(None, Some(Duration::from_secs(60)), &a.out, true);
     if let Err(e) = &served {
         // A receiver that failed while the sender is still at work (connecting, or waiting for
         // its run to be accepted) failed on its own, e.g. allocating its pool: say so now rather
@@ -268,7 +284,7 @@ mod tests {
                 &[
                     "-r",
                     "256",
-                    "-c",
+                    "-C",
                     "4",
                     "--hold",
                     "exp:50us",
@@ -325,5 +341,81 @@ mod tests {
             panic!("server")
         };
         assert!(s.recv.validate().is_err(), "fewer pool slots than receives");
+    }
+
+    #[test]
+    fn perftests_habits_parse() {
+        // -d / --ib-dev, -i, -x, and the server's address last, as perftest takes them.
+        let Cmd::Client(c) = parse(&[
+            "client",
+            "-d",
+            "mlx5_0",
+            "-i",
+            "2",
+            "-x",
+            "3",
+            "-s",
+            "64",
+            "192.168.1.10",
+        ])
+        .unwrap() else {
+            panic!("client")
+        };
+        assert_eq!(c.target.dev, "mlx5_0");
+        assert_eq!((c.target.ib_port, c.target.gid_index), (2, Some(3)));
+        assert_eq!(c.server, Some("192.168.1.10".parse().unwrap()));
+        let Cmd::Server(s) = parse(&["server", "--ib-dev", "rxe0", "--ip", "10.0.0.1"]).unwrap()
+        else {
+            panic!("server")
+        };
+        assert_eq!(s.target.dev, "rxe0");
+        assert_eq!(s.target.ib_port, 1);
+        assert_eq!(s.recv.connection, opts::Connection::Rc);
+        // -c is perftest's connection type; the consumer count moved to -C.
+        let base = ["server", "-d", "rxe0", "--ip", "10.0.0.1"];
+        let Cmd::Server(s) = parse(&[&base[..], &["-c", "RC", "-C", "3"]].concat()).unwrap() else {
+            panic!("server")
+        };
+        assert_eq!(s.recv.consumers, 3);
+        let e = parse(&[&base[..], &["-c", "2"]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("consumer threads are -C/--consumers"), "{e}");
+        let e = parse(&[&base[..], &["-c", "UD"]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("RC only"), "{e}");
+    }
+
+    #[test]
+    fn limits_and_handshake_patience_parse_and_are_checked() {
+        let base = ["server", "-d", "rxe0", "--ip", "10.0.0.1"];
+        let Cmd::Server(s) = parse(
+            &[
+                &base[..],
+                &["--max-memory-mib", "256", "--handshake-timeout", "2.5"],
+            ]
+            .concat(),
+        )
+        .unwrap() else {
+            panic!("server")
+        };
+        assert_eq!(s.recv.max_memory(), 256 << 20);
+        assert_eq!(s.recv.handshake_timeout(), Duration::from_millis(2500));
+        assert!(s.recv.validate().is_ok());
+        let Cmd::Server(s) = parse(&base).unwrap() else {
+            panic!("server")
+        };
+        assert!(
+            s.recv.max_memory() > 0,
+            "default: half of this machine's memory"
+        );
+        for bad in ["0", "nan", "-1"] {
+            let Ok(Cmd::Server(s)) = parse(&[&base[..], &["--handshake-timeout", bad]].concat())
+            else {
+                continue; // clap refused it already
+            };
+            assert!(s.recv.validate().is_err(), "--handshake-timeout {bad}");
+        }
     }
 }

@@ -11,25 +11,97 @@ use anyhow::{bail, Context};
 /// The default RDMA CM port of `gdrx-bench server` (perftest's is 18515).
 pub const DEFAULT_PORT: u16 = 18516;
 
-/// Where the RDMA device is.
+/// Where the RDMA device is. The flags are perftest's where they mean the same: `-d`/`--ib-dev`,
+/// `-i`/`--ib-port`, `-x`/`--gid-index`, `-p`/`--port`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Target {
-    /// RDMA device (default: $GDRX_RDMA_DEV, set by deploy/testbed.sh).
-    #[arg(long, env = "GDRX_RDMA_DEV")]
+    /// RDMA device (perftest -d; default: $GDRX_RDMA_DEV, set by deploy/testbed.sh).
+    #[arg(short = 'd', long, visible_alias = "ib-dev", env = "GDRX_RDMA_DEV")]
     pub dev: String,
     /// IP address of the device's interface: the server listens on it, the client connects to
-    /// it (default: $GDRX_RDMA_IP).
+    /// it unless the server's address is given as the last argument, as with perftest
+    /// (default: $GDRX_RDMA_IP, else the address of the GID -x).
     #[arg(long, env = "GDRX_RDMA_IP")]
-    pub ip: IpAddr,
-    /// RDMA CM port.
+    pub ip: Option<IpAddr>,
+    /// RDMA CM port (perftest -p).
     #[arg(short = 'p', long, default_value_t = DEFAULT_PORT)]
     pub port: u16,
+    /// Port of the device (perftest -i).
+    #[arg(short = 'i', long, default_value_t = 1)]
+    pub ib_port: u8,
+    /// GID index (perftest -x). RDMA CM picks the GID from the IP address, so this picks the
+    /// address instead: the IP address of that GID table entry (`gdrx-doctor` lists them).
+    /// The server listens on it; the client sends from it.
+    #[arg(short = 'x', long)]
+    pub gid_index: Option<u32>,
 }
 
 impl Target {
-    /// The server's address.
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::new(self.ip, self.port)
+    /// The address of GID entry `-x` of port `-i`, when `-x` is given.
+    ///
+    /// # Errors
+    /// When the device cannot be read, or the entry is missing or link-local.
+    pub fn gid_ip(&self) -> anyhow::Result<Option<IpAddr>> {
+        let Some(x) = self.gid_index else {
+            return Ok(None);
+        };
+        let dev = gdrx_core::Device::open(&self.dev)?;
+        let port = dev.port(self.ib_port)?;
+        let Some(g) = port.gids.iter().find(|g| g.index == x) else {
+            let have: Vec<String> = port
+                .gids
+                .iter()
+                .map(|g| format!("{} = {}", g.index, g.ip()))
+                .collect();
+            bail!(
+                "-x {x}: port {} of {} has no GID entry {x} (it has: {})",
+                self.ib_port,
+                self.dev,
+                if have.is_empty() {
+                    "none".to_string()
+                } else {
+                    have.join(", ")
+                }
+            );
+        };
+        let ip = g.ip();
+        if let IpAddr::V6(v6) = ip {
+            if v6.segments()[0] & 0xffc0 == 0xfe80 {
+                bail!(
+                    "-x {x}: GID entry {x} of {} is the link-local address {v6}, which RDMA CM \
+                     cannot use without an interface scope; pick the entry of the interface's \
+                     IPv4 or global address (`gdrx-doctor` lists them)",
+                    self.dev
+                );
+            }
+        }
+        Ok(Some(ip))
+    }
+
+    /// This side's address: `--ip`, else the address of GID `-x`.
+    ///
+    /// # Errors
+    /// When neither is given, or they disagree.
+    pub fn local_ip(&self) -> anyhow::Result<IpAddr> {
+        match (self.ip, self.gid_ip()?) {
+            (Some(ip), Some(g)) if ip != g => bail!(
+                "--ip {ip} and -x {} ({g}) name different addresses: give one of them",
+                self.gid_index.unwrap_or_default()
+            ),
+            (Some(ip), _) | (None, Some(ip)) => Ok(ip),
+            (None, None) => bail!(
+                "no address: give --ip (or set $GDRX_RDMA_IP), or -x with a GID index of {}",
+                self.dev
+            ),
+        }
+    }
+
+    /// The address to listen on.
+    ///
+    /// # Errors
+    /// As [`Target::local_ip`].
+    pub fn addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(SocketAddr::new(self.local_ip()?, self.port))
     }
 }
 
@@ -85,7 +157,9 @@ pub struct SendOpts {
     /// Message size in bytes.
     #[arg(short = 's', long, default_value_t = 65536)]
     pub size: u32,
-    /// Sweep sizes 2, 4, 8, ... up to --max-size (perftest -a).
+    /// Sweep sizes 2, 4, 8, ... up to --max-size: 64 KiB by default, where perftest's -a goes
+    /// to 8 MiB (the pool keeps -r x (connections + 1) buffers of the message size: raise
+    /// --max-size, and lower -r, for larger).
     #[arg(short = 'a', long)]
     pub all: bool,
     /// Smallest size of a sweep.
@@ -220,6 +294,28 @@ impl ProviderKind {
     }
 }
 
+/// The connection type (perftest's `-c`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connection {
+    /// Reliable connection, the only one gdrx-bench speaks.
+    Rc,
+}
+
+/// Parses `-c`: `RC`, with a pointer to `-C` for a number (the consumer count's old letter).
+fn parse_connection(s: &str) -> Result<Connection, String> {
+    match s.to_ascii_uppercase().as_str() {
+        "RC" => Ok(Connection::Rc),
+        "UC" | "UD" | "XRC" | "DC" | "SRD" => Err(format!(
+            "gdrx-bench speaks RC only (an SRQ-fed receive pool over RDMA CM), not {s}"
+        )),
+        _ if s.parse::<u32>().is_ok() => Err(
+            "-c is the connection type, as in perftest (RC); consumer threads are -C/--consumers"
+                .to_string(),
+        ),
+        _ => Err(format!("`{s}` is not a connection type (RC)")),
+    }
+}
+
 /// What the receiver does: receive queue, memory, consumers (the server's options).
 #[derive(clap::Args, Debug, Clone)]
 pub struct RecvOpts {
@@ -243,9 +339,12 @@ pub struct RecvOpts {
     #[arg(long, value_enum, default_value_t = ProviderKind::Host)]
     pub provider: ProviderKind,
     /// Consumer threads the leases are handed to over a channel; 0 consumes on the polling
-    /// thread itself.
-    #[arg(short = 'c', long, default_value_t = 1)]
+    /// thread itself. (Not -c: that is perftest's connection type, below.)
+    #[arg(short = 'C', long, default_value_t = 1)]
     pub consumers: u32,
+    /// Connection type (perftest -c): RC only, the transport an SRQ-fed pool needs here.
+    #[arg(short = 'c', long, default_value = "RC", value_parser = parse_connection)]
+    pub connection: Connection,
     /// How long a consumer holds each lease before dropping it: a fixed time (0, 50us, 2ms),
     /// `uniform:MIN-MAX` or `exp:MEAN` (exponential distribution).
     #[arg(long, default_value = "0")]
@@ -254,6 +353,16 @@ pub struct RecvOpts {
     /// pool and the WRITE windows).
     #[arg(long, default_value_t = 64)]
     pub max_qps: u16,
+    /// Most memory, in MiB, a run's pool and WRITE windows may take (the client's size, QPs
+    /// and tx depth decide it; a run that needs more is refused at its handshake). Default:
+    /// half of this machine's memory.
+    #[arg(long)]
+    pub max_memory_mib: Option<u64>,
+    /// Seconds a run's handshake may go without progress (a connection established) before
+    /// the run is abandoned and the next sender is served; runs of other senders that arrive
+    /// meanwhile wait, they are not refused.
+    #[arg(long, default_value_t = 10.0)]
+    pub handshake_timeout: f64,
     /// Expose the pool metrics at this address (`http://ADDR/metrics`, Prometheus format)
     /// while it runs.
     #[arg(long)]
@@ -280,11 +389,37 @@ impl RecvOpts {
             .unwrap_or_else(|| self.depth(qps).saturating_add(self.rx_depth))
     }
 
+    /// The memory limit of a run, in bytes (`--max-memory-mib`, or half of physical memory).
+    pub fn max_memory(&self) -> u64 {
+        self.max_memory_mib.map_or_else(
+            || {
+                // SAFETY: sysconf reads constants; no memory is passed.
+                let (pages, page) = unsafe {
+                    (
+                        libc::sysconf(libc::_SC_PHYS_PAGES),
+                        libc::sysconf(libc::_SC_PAGESIZE),
+                    )
+                };
+                (u64::try_from(pages).unwrap_or(0) * u64::try_from(page).unwrap_or(0)) / 2
+            },
+            |m| m.saturating_mul(1 << 20),
+        )
+    }
+
+    /// How long a run's handshake may go without progress.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.handshake_timeout)
+    }
+
     /// Checks the options.
     ///
     /// # Errors
     /// When a value is out of range, with what to change.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if !(self.handshake_timeout.is_finite() && (0.1..=3600.0).contains(&self.handshake_timeout))
+        {
+            bail!("--handshake-timeout must be between 0.1 and 3600 seconds");
+        }
         if self.rx_depth == 0 {
             bail!("--rx-depth must be positive");
         }

@@ -55,14 +55,19 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Opens `dev` and listens on `addr` (port 0 picks one).
+    /// Opens `dev`, checks that its port `port` is up, and listens on `addr` (port 0 picks one).
     ///
     /// # Errors
     /// When the device is missing or its port is down, or the address cannot be bound.
-    pub fn bind(dev: &str, addr: SocketAddr, opts: &RecvOpts) -> anyhow::Result<Receiver> {
+    pub fn bind(
+        dev: &str,
+        port: u8,
+        addr: SocketAddr,
+        opts: &RecvOpts,
+    ) -> anyhow::Result<Receiver> {
         opts.validate()?;
         let dev = Device::open(dev)?;
-        dev.require_active_port(1)?;
+        dev.require_active_port(port)?;
         let pd = dev.alloc_pd()?;
         let listener = Listener::bind(addr, 64)?;
         Ok(Receiver {
@@ -86,39 +91,60 @@ impl Receiver {
     /// Serves runs until the client's last run, `runs` runs, or (waiting for a run) `idle`
     /// passes; prints each row as `out` says and returns them all.
     ///
+    /// A peer costs only its own run. A request this server will not serve (not a benchmark
+    /// run, out of order, over a limit such as `--max-qps` or `--max-memory-mib`) is refused
+    /// with the reason, before anything is allocated for it. A run whose handshake stalls for
+    /// `--handshake-timeout` is abandoned; other senders' requests that arrived meanwhile were
+    /// held, and are served next. A run that fails once measured (a peer that breaks its
+    /// announced count, disappears, or sends bad data) is reported at once, and the server
+    /// goes on; it fails at the end, naming those runs. With `fail_fast` (loopback: the only
+    /// sender is our own) the first refusal or failure ends it instead.
+    ///
     /// # Errors
-    /// Setup, connection and completion errors, a peer that disappears mid-run, a run that
-    /// stalls for [`STALL_TIMEOUT`], no run within `idle`.
+    /// Setup errors that are ours (the pool cannot be built), no run within `idle`, and at the
+    /// end the runs that failed.
     pub fn serve(
         &mut self,
         runs: Option<u32>,
         idle: Option<Duration>,
         out: &OutOpts,
+        fail_fast: bool,
     ) -> anyhow::Result<Vec<RecvRow>> {
         let mut rows = Vec::new();
+        let mut failed: Vec<String> = Vec::new();
+        let mut held = std::collections::VecDeque::new();
         let mut header = false;
         loop {
-            let Some(req) = self.listener.next_request(idle)? else {
-                bail!(
-                    "no connection request within {:?} on {} (is `gdrx-bench client` pointed at this address?)",
-                    idle.unwrap_or_default(),
-                    self.local_addr()
-                );
+            let req = match held.pop_front() {
+                Some(r) => r,
+                None => match self.listener.next_request(idle)? {
+                    Some(r) => r,
+                    None => bail!(
+                        "no connection request within {:?} on {} (is `gdrx-bench client` pointed at this address?)",
+                        idle.unwrap_or_default(),
+                        self.local_addr()
+                    ),
+                },
             };
-            let spec = match RunSpec::decode(req.private_data()) {
-                Ok(s) if s.conn == 0 => s,
-                Ok(s) => {
-                    let _ = req.refuse(
-                        REPLY_PREFIX,
-                        format!(
-                            "out of order: a run starts with connection 0, this is connection {}",
-                            s.conn
-                        ),
-                    );
-                    continue;
-                }
-                Err(e) => {
-                    let _ = req.refuse(REPLY_PREFIX, format!("not a benchmark run: {e}"));
+            let peer = req
+                .peer_addr()
+                .map_or_else(|| "an unknown peer".to_string(), |p| p.to_string());
+            let refusal = match RunSpec::decode(req.private_data()) {
+                Ok(s) if s.conn != 0 => Err(format!(
+                    "out of order: a run starts with connection 0, this is connection {}",
+                    s.conn
+                )),
+                Ok(s) => check_limits(&self.opts, &s).map(|()| s),
+                Err(e) => Err(format!("not a benchmark run: {e}")),
+            };
+            let spec = match refusal {
+                Ok(s) => s,
+                Err(why) => {
+                    // (refuse() logs it, with the peer.)
+                    let _ = req.refuse(REPLY_PREFIX, why.clone());
+                    if fail_fast {
+                        bail!("{why}");
+                    }
                     continue;
                 }
             };
@@ -130,30 +156,152 @@ impl Receiver {
                     return Err(e);
                 }
             };
-            let row = run
-                .accept_and_measure(self, req, &spec, out)
-                .with_context(|| format!("{} B run", spec.size))?;
-            if out.json {
-                println!("{}", serde_json::to_string(&row)?);
-            } else {
-                if !header {
-                    println!("{}", report::recv_header());
-                    header = true;
+            let measured = match run.accept_and_measure(self, req, &spec, out, &mut held) {
+                Ok(row) => Ok(row),
+                Err(RunError::Handshake(e)) => {
+                    // Not a run: its sender never got going. It costs nobody else anything.
+                    let e = e.context(format!("abandoned the {} B run of {peer}", spec.size));
+                    tracing::warn!("{e:#}");
+                    if fail_fast {
+                        return Err(e);
+                    }
+                    continue;
                 }
-                println!("{}", report::recv_line(&row));
+                Err(RunError::Run(e)) => Err(e),
+            };
+            match measured {
+                Ok(row) => {
+                    if out.json {
+                        println!("{}", serde_json::to_string(&row)?);
+                    } else {
+                        if !header {
+                            println!("{}", report::recv_header());
+                            header = true;
+                        }
+                        println!("{}", report::recv_line(&row));
+                    }
+                    if row.verify_errors > 0 {
+                        failed.push(format!(
+                            "{} messages failed verification in the {} B run",
+                            row.verify_errors, spec.size
+                        ));
+                    }
+                    rows.push(row);
+                }
+                Err(e) => {
+                    let e = format!("{} B run of {peer}: {e:#}", spec.size);
+                    eprintln!("gdrx-bench server: run failed: {e}");
+                    failed.push(e);
+                }
             }
-            let bad = row.verify_errors;
-            rows.push(row);
-            if bad > 0 {
-                bail!(
-                    "{bad} messages failed verification in the {} B run",
-                    spec.size
-                );
+            if fail_fast && !failed.is_empty() {
+                break;
             }
-            if spec.last_run || runs.is_some_and(|n| rows.len() as u32 >= n) {
-                return Ok(rows);
+            let done = rows.len() + failed.len();
+            if spec.last_run || runs.is_some_and(|n| done >= n as usize) {
+                break;
             }
         }
+        // Requests still held were never answered: say no rather than leave them to time out.
+        for r in held {
+            let _ = r.refuse(REPLY_PREFIX, "the server is done");
+        }
+        match failed.len() {
+            0 => Ok(rows),
+            1 => bail!("{}", failed[0]),
+            n => bail!(
+                "{n} of {} runs failed; the first: {}",
+                rows.len() + n,
+                failed[0]
+            ),
+        }
+    }
+}
+
+/// Requests of other runs held while a run gathers its connections, at most.
+const MAX_HELD: usize = 16;
+
+/// Why a run did not produce a row.
+enum RunError {
+    /// Its connections did not all arrive and establish within `--handshake-timeout`.
+    Handshake(anyhow::Error),
+    /// It started and failed.
+    Run(anyhow::Error),
+}
+
+/// Checks what a run described by its client would allocate against this server's limits,
+/// before anything is allocated. The reason fits a refusal's private data.
+fn check_limits(o: &RecvOpts, spec: &RunSpec) -> Result<(), String> {
+    if spec.qps > o.max_qps {
+        return Err(format!(
+            "the run asks for {} connections; this server takes at most {} (--max-qps)",
+            spec.qps, o.max_qps
+        ));
+    }
+    let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+    let max = o.max_memory();
+    let slots = u64::from(o.pool_slots(spec.qps));
+    let slot = u64::from(slot_size(spec));
+    let pool = slots.saturating_mul(slot);
+    if pool > max {
+        return Err(format!(
+            "{slots} buffers of {slot} B ({:.1} MiB) exceed the {:.0} MiB limit (--max-memory-mib): \
+             lower --pool-slots, or -r/--rx-depth",
+            mib(pool),
+            mib(max)
+        ));
+    }
+    if spec.op == Op::WriteImm {
+        let window = u64::from(spec.qps)
+            .saturating_mul(slots + u64::from(spec.tx_depth))
+            .saturating_mul(u64::from(spec.size));
+        if pool.saturating_add(window) > max {
+            return Err(format!(
+                "WRITE windows of {} x ({slots} + tx depth {}) x {} B ({:.1} MiB) exceed the \
+                 {:.0} MiB limit (--max-memory-mib)",
+                spec.qps,
+                spec.tx_depth,
+                spec.size,
+                mib(window),
+                mib(max)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks every run `send` would start against the limits of a receiver with `recv`, as the
+/// server will when their requests arrive (loopback knows both sides, so it says so at once).
+///
+/// # Errors
+/// The first run over a limit, with the reason the server would give.
+pub fn check_runs(recv: &RecvOpts, send: &crate::opts::SendOpts) -> anyhow::Result<()> {
+    for size in send.sizes() {
+        let spec = RunSpec {
+            run_id: 0,
+            conn: 0,
+            qps: send.qps,
+            size,
+            op: send.op,
+            verify: send.verify,
+            last_run: false,
+            iters: 1,
+            duration_ms: 0,
+            tx_depth: send.tx_depth,
+        };
+        check_limits(recv, &spec)
+            .map_err(|why| anyhow!("{why}"))
+            .with_context(|| format!("the {size} B run"))?;
+    }
+    Ok(())
+}
+
+/// The pool's buffer size for a run: the message, or for WRITE_WITH_IMM (the payload lands in
+/// the window) a token.
+fn slot_size(spec: &RunSpec) -> u32 {
+    match spec.op {
+        Op::Send => spec.size,
+        Op::WriteImm => 64,
     }
 }
 
@@ -209,10 +357,7 @@ impl Run {
         let scq = Cq::new(&rx.dev, 16)?;
         let srq = Srq::new(&rx.pd, SrqConfig::new(o.srq_depth(spec.qps), 1))?;
         // WRITE_WITH_IMM puts the payload in the window; the receive itself carries nothing.
-        let slot_size = match spec.op {
-            Op::Send => spec.size,
-            Op::WriteImm => 64,
-        };
+        let slot_size = slot_size(spec);
         let pool = Pool::new(
             &srq,
             &cq,
@@ -269,35 +414,63 @@ impl Run {
         })
     }
 
+    /// Accepts the rest of the run's connections, holding other runs' requests in `held`
+    /// (up to [`MAX_HELD`]), then measures it.
     fn accept_and_measure(
         mut self,
         rx: &mut Receiver,
         first: gdrx_core::ConnectRequest,
         spec: &RunSpec,
         out: &OutOpts,
-    ) -> anyhow::Result<RecvRow> {
-        let cspec =
-            ConnectionSpec::new(&rx.pd, &self.scq, &self.cq, Some(&self.srq)).qp(QpConfig {
+        held: &mut std::collections::VecDeque<gdrx_core::ConnectRequest>,
+    ) -> Result<RecvRow, RunError> {
+        let patience = rx.opts.handshake_timeout();
+        let cspec = ConnectionSpec::new(&rx.pd, &self.scq, &self.cq, Some(&self.srq))
+            .qp(QpConfig {
                 max_send_wr: 4,
                 ..QpConfig::default()
-            });
+            })
+            .timeout(patience);
         let want = usize::from(spec.qps);
         let mut run: Gather<u16> = Gather::new();
-        let first_admission = self.admission(first.private_data(), spec, 0)?;
-        run.admit(first, &cspec, first_admission)?;
-        let gathered = run.collect::<anyhow::Error>(
-            &mut rx.listener,
-            &cspec,
-            Instant::now() + STALL_TIMEOUT,
-            |g| g.accepted.len() >= want,
-            |req, g| self.admission(req.private_data(), spec, g.accepted.len()),
-            |_| Ok(()),
-        );
+        let gathered = (|| -> anyhow::Result<()> {
+            let first_admission = self.admission(first.private_data(), spec, 0)?;
+            run.admit(first, &cspec, first_admission)?;
+            // The run may take as long as it likes while it makes progress; a stall of
+            // `patience` abandons it.
+            let mut deadline = Instant::now() + patience;
+            while run.accepted.len() < want {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    bail!(
+                        "no new connection for {patience:?} (--handshake-timeout); the run \
+                         announced {want}"
+                    );
+                }
+                let Some(req) = rx.listener.next_request(Some(left))? else {
+                    continue;
+                };
+                let other_run = RunSpec::decode(req.private_data())
+                    .is_ok_and(|s| !s.same_run(spec) && s.conn == 0);
+                if other_run && held.len() < MAX_HELD {
+                    // Another sender's run: it waits for this one instead of being refused.
+                    held.push_back(req);
+                    continue;
+                }
+                let admission = self.admission(req.private_data(), spec, run.accepted.len())?;
+                let before = run.accepted.len();
+                run.admit(req, &cspec, admission)?;
+                if run.accepted.len() > before {
+                    deadline = Instant::now() + patience;
+                }
+            }
+            Ok(())
+        })();
         if let Err(e) = gathered {
-            bail!(
-                "only {} of {want} connections of the run arrived: {e:#}",
+            return Err(RunError::Handshake(anyhow!(
+                "{} of its {want} connections arrived: {e:#}",
                 run.accepted.len()
-            );
+            )));
         }
         let mut conns: Vec<Connection> = run.accepted.into_iter().map(|(c, _)| c).collect();
         let row = self.measure(&rx.dev, &mut conns, spec, &rx.opts, out, None);
@@ -307,7 +480,7 @@ impl Run {
         drop(conns);
         let teardown = self.pool.close();
         tracing::debug!("{teardown}");
-        row
+        row.map_err(RunError::Run)
     }
 
     /// Decides about a request of the run `spec` whose next connection is `next`: connection
@@ -899,4 +1072,74 @@ fn consume(
         }
     }
     c.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn opts(extra: &[&str]) -> RecvOpts {
+        #[derive(clap::Parser)]
+        struct P {
+            #[command(flatten)]
+            r: RecvOpts,
+        }
+        P::try_parse_from(std::iter::once("x").chain(extra.iter().copied()))
+            .unwrap()
+            .r
+    }
+
+    fn spec(qps: u16, op: Op, size: u32, tx_depth: u32) -> RunSpec {
+        RunSpec {
+            run_id: 1,
+            conn: 0,
+            qps,
+            size,
+            op,
+            verify: false,
+            last_run: false,
+            iters: 10,
+            duration_ms: 0,
+            tx_depth,
+        }
+    }
+
+    #[test]
+    fn announcements_over_a_limit_are_refused_naming_the_flag() {
+        let o = opts(&["-r", "64", "--max-memory-mib", "512"]);
+        assert!(check_limits(&o, &spec(64, Op::Send, 4096, 128)).is_ok());
+        let e = check_limits(&o, &spec(10_000, Op::Send, 64, 8)).unwrap_err();
+        assert!(
+            e.contains("10000 connections") && e.contains("(--max-qps)"),
+            "{e}"
+        );
+        // 1 GiB messages: 128 buffers of 1 GiB.
+        let e = check_limits(&o, &spec(1, Op::Send, 1 << 30, 8)).unwrap_err();
+        assert!(
+            e.contains("128 buffers of 1073741824 B (131072.0 MiB)")
+                && e.contains("512 MiB limit (--max-memory-mib)")
+                && e.contains("lower --pool-slots, or -r/--rx-depth"),
+            "{e}"
+        );
+        // The WRITE windows grow with the announced tx depth; the pool is 64 B tokens.
+        assert!(check_limits(&o, &spec(2, Op::WriteImm, 65536, 128)).is_ok());
+        let e = check_limits(&o, &spec(2, Op::WriteImm, 65536, 1 << 20)).unwrap_err();
+        assert!(
+            e.contains("WRITE windows of 2 x (192 + tx depth 1048576) x 65536 B"),
+            "{e}"
+        );
+        // Every reason fits a reject's private data with its prefix.
+        for e in [
+            check_limits(&o, &spec(10_000, Op::Send, 64, 8)).unwrap_err(),
+            check_limits(&o, &spec(1, Op::Send, 1 << 30, 8)).unwrap_err(),
+            check_limits(&o, &spec(64, Op::WriteImm, 1 << 30, 1 << 20)).unwrap_err(),
+        ] {
+            assert!(
+                REPLY_PREFIX.len() + 2 + e.len() <= 148,
+                "{} B: {e}",
+                e.len()
+            );
+        }
+    }
 }

@@ -28,18 +28,20 @@ use crate::report::{self, Progress, SendRow};
 pub struct Sender {
     dev: Arc<Device>,
     pd: Arc<Pd>,
+    /// The address it sends from (`-x`), else the route's.
+    src: Option<std::net::IpAddr>,
 }
 
 impl Sender {
-    /// Opens `dev`.
+    /// Opens `dev`, checks that its port `port` is up, and sends from `src` when given.
     ///
     /// # Errors
     /// When the device is missing or its port is down.
-    pub fn open(dev: &str) -> anyhow::Result<Sender> {
+    pub fn open(dev: &str, port: u8, src: Option<std::net::IpAddr>) -> anyhow::Result<Sender> {
         let dev = Device::open(dev)?;
-        dev.require_active_port(1)?;
+        dev.require_active_port(port)?;
         let pd = dev.alloc_pd()?;
-        Ok(Sender { dev, pd })
+        Ok(Sender { dev, pd, src })
     }
 
     /// Runs every size of `opts` against the server at `server`, printing each row unless
@@ -102,8 +104,14 @@ impl Sender {
     ) -> anyhow::Result<Connection> {
         let deadline = Instant::now() + retry.unwrap_or_default();
         loop {
-            match gdrx_core::connect(server, None, cspec, &spec.encode()) {
+            match gdrx_core::connect(server, self.src, cspec, &spec.encode()) {
                 Ok(c) => return Ok(c),
+                // A server that said why it refused will say it again: no retry.
+                Err(e @ gdrx_core::Error::Connection { reply: Some(_), .. }) => {
+                    return Err(anyhow!(e).context(format!(
+                        "the gdrx-bench server at {server} refused the run"
+                    )))
+                }
                 Err(e) if retry.is_some() && Instant::now() < deadline => {
                     tracing::debug!(error = %e, "server not ready yet; retrying");
                     std::thread::sleep(Duration::from_millis(200));

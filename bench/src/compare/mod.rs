@@ -267,6 +267,11 @@ pub struct Comparison {
 }
 
 impl Args {
+    /// The device's address, resolved by [`run`].
+    fn ip(&self) -> std::net::IpAddr {
+        self.target.ip.expect("resolved before the runs")
+    }
+
     /// Messages per connection at `size`.
     fn iters(&self, size: u32) -> u64 {
         if self.auto_iters {
@@ -288,7 +293,7 @@ impl Args {
             "--dev".into(),
             self.target.dev.clone(),
             "--ip".into(),
-            self.target.ip.to_string(),
+            self.ip().to_string(),
             "--port".into(),
             port.to_string(),
             "--json".into(),
@@ -297,6 +302,9 @@ impl Args {
             v.push(flag.into());
             v.push(val);
         };
+        if self.target.ib_port != 1 {
+            opt("--ib-port", self.target.ib_port.to_string());
+        }
         if client {
             opt("-s", size.to_string());
             match s.duration {
@@ -322,7 +330,7 @@ impl Args {
                 opt("--pool-slots", n.to_string());
             }
             opt("--provider", r.provider.name().into());
-            opt("-c", r.consumers.to_string());
+            opt("-C", r.consumers.to_string());
             opt("--hold", r.hold.to_string());
             if r.events {
                 opt("-e", String::new());
@@ -451,6 +459,8 @@ pub fn run(a: &Args, sizes_given: bool, count_given: bool) -> anyhow::Result<()>
         a.send.sizes = DEFAULT_SIZES.to_vec();
     }
     a.auto_iters = !count_given;
+    // Resolved once (-x or --ip): both tools get the address.
+    a.target.ip = Some(a.target.local_ip()?);
     a.send.validate()?;
     a.recv.validate()?;
     if a.reps == 0 {
@@ -607,7 +617,7 @@ mod tests {
     #[test]
     fn both_tools_get_the_same_run() {
         let a = args(&[
-            "-n", "300", "-q", "2", "-l", "4", "--hold", "50us", "-c", "2",
+            "-n", "300", "-q", "2", "-l", "4", "--hold", "50us", "-C", "2",
         ]);
         let p = a.perftest_args(4096, 18515, true);
         assert_eq!(

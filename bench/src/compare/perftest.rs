@@ -113,11 +113,14 @@ impl Args {
         if s.op == Op::Send && self.recv.rx_depth != 512 {
             opt("-r", self.recv.rx_depth.to_string());
         }
+        if self.target.ib_port != 1 {
+            opt("-i", self.target.ib_port.to_string());
+        }
         if self.recv.events {
             v.push("-e".into());
         }
         if client {
-            v.push(self.target.ip.to_string());
+            v.push(self.ip().to_string());
         }
         v
     }

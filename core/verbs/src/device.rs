@@ -284,8 +284,16 @@ impl Device {
     /// Queries one port (1-based), including its GID table.
     ///
     /// # Errors
-    /// [`Error::Verbs`] when a query verb fails.
+    /// [`Error::InvalidConfig`] when the device has no such port; [`Error::Verbs`] when a
+    /// query verb fails.
     pub fn port(&self, port: u8) -> Result<PortInfo> {
+        let ports = query_attr(&self.ctx, &self.name)?.phys_port_cnt();
+        if port == 0 || port > ports {
+            return Err(Error::InvalidConfig(format!(
+                "`{}` has {ports} port(s), numbered from 1: there is no port {port}",
+                self.name
+            )));
+        }
         self.port_with(port, &self.gid_table()?)
     }
 

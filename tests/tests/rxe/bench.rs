@@ -246,7 +246,7 @@ fn bench_verifies_send_and_write_imm_over_a_sweep_with_every_provider() {
                 // 2 x 256 posted + 256 to hold, 48 MiB at 64 KiB: under udmabuf's 64 MiB limit.
                 "-r",
                 "256",
-                "-c",
+                "-C",
                 "3",
                 "--hold",
                 "exp:20us",
@@ -267,7 +267,7 @@ fn bench_verifies_send_and_write_imm_over_a_sweep_with_every_provider() {
                 "write-imm",
                 "--provider",
                 "hugepage",
-                "-c",
+                "-C",
                 "0",
                 "-l",
                 "4",
@@ -359,7 +359,7 @@ fn bench_exposes_pool_metrics_to_prometheus_while_it_runs() {
             "-D",
             "5",
             "--verify",
-            "-c",
+            "-C",
             "2",
             "--hold",
             "uniform:0-50us",
@@ -422,7 +422,7 @@ fn bench_consumer_holding_every_buffer_is_counted_and_loses_nothing() {
             "32",
             "--pool-slots",
             "64",
-            "-c",
+            "-C",
             "1",
             "--hold",
             "5ms",
@@ -646,15 +646,47 @@ fn bench_server_reports_a_sender_that_dies_and_a_missing_server() {
     );
 }
 
-/// A sender that speaks the benchmark's handshake but not its promise: it announces `iters`
-/// messages and sends `count`, flagging message `last_at` (1-based) as the last, or none.
-fn rogue_sender(port: u16, iters: u64, count: u32, last_at: Option<u32>) -> anyhow::Result<()> {
+/// A connect request's private data for the benchmark's run descriptor, as bench/src/proto.rs
+/// lays it out after the Hello: magic "GBEN" | run_id u32 | qps u16 | op u8 (1 = send,
+/// 2 = write-imm) | flags u8 (2 = the client's last run) | iters u64 | duration_ms u32 |
+/// tx_depth u32. Written out here, not with gdrx-bench's own encoder: these are foreign peers.
+fn descriptor(
+    run_id: u32,
+    conn: u32,
+    qps: u16,
+    op: u8,
+    size: u32,
+    iters: u64,
+    tx_depth: u32,
+) -> Vec<u8> {
     use gdrx_core::wire::Hello;
-    use gdrx_core::WorkCompletion;
-    use gdrx_core::{
-        Access, ConnectionSpec, Cq, HostMemory, QpConfig, SendBatch, SendFlags, SendOp,
-    };
+    let mut private = Hello {
+        flags: 0,
+        conn_tag: conn,
+        max_msg: size,
+    }
+    .encode()
+    .to_vec();
+    private.extend_from_slice(b"GBEN");
+    private.extend_from_slice(&run_id.to_le_bytes());
+    private.extend_from_slice(&qps.to_le_bytes());
+    private.extend_from_slice(&[op, 2]);
+    private.extend_from_slice(&iters.to_le_bytes());
+    private.extend_from_slice(&0u32.to_le_bytes());
+    private.extend_from_slice(&tx_depth.to_le_bytes());
+    private
+}
 
+/// A foreign peer's connection (or its refusal) to the server on `port` with `private`.
+fn rogue_connect(
+    port: u16,
+    private: &[u8],
+) -> anyhow::Result<(
+    gdrx_core::Connection,
+    Arc<gdrx_core::Pd>,
+    Arc<gdrx_core::Cq>,
+)> {
+    use gdrx_core::{ConnectionSpec, Cq, QpConfig};
     let e = env();
     let dev = e.open();
     let pd = dev.alloc_pd()?;
@@ -664,25 +696,18 @@ fn rogue_sender(port: u16, iters: u64, count: u32, last_at: Option<u32>) -> anyh
         max_recv_wr: 1,
         ..QpConfig::default()
     });
-    // The run descriptor, as bench/src/proto.rs lays it out after the Hello: magic "GBEN" |
-    // run_id u32 | qps u16 | op u8 (1 = send) | flags u8 | iters u64 | duration_ms u32 |
-    // tx_depth u32.
-    let mut private = Hello {
-        flags: 0,
-        conn_tag: 0,
-        max_msg: 64,
-    }
-    .encode()
-    .to_vec();
-    private.extend_from_slice(b"GBEN");
-    private.extend_from_slice(&7u32.to_le_bytes());
-    private.extend_from_slice(&1u16.to_le_bytes());
-    private.extend_from_slice(&[1, 2]); // send; the client's last run
-    private.extend_from_slice(&iters.to_le_bytes());
-    private.extend_from_slice(&0u32.to_le_bytes());
-    private.extend_from_slice(&8u32.to_le_bytes());
     let addr = std::net::SocketAddr::new(e.ip, port);
-    let mut conn = gdrx_core::connect(addr, None, &spec, &private)?;
+    let conn = gdrx_core::connect(addr, None, &spec, private)?;
+    Ok((conn, pd, cq))
+}
+
+/// A sender that speaks the benchmark's handshake but not its promise: it announces `iters`
+/// messages and sends `count`, flagging message `last_at` (1-based) as the last, or none.
+fn rogue_sender(port: u16, iters: u64, count: u32, last_at: Option<u32>) -> anyhow::Result<()> {
+    use gdrx_core::WorkCompletion;
+    use gdrx_core::{Access, HostMemory, SendBatch, SendFlags, SendOp};
+
+    let (mut conn, pd, cq) = rogue_connect(port, &descriptor(7, 0, 1, 1, 64, iters, 8))?;
     let mr = pd.register(Arc::new(HostMemory::new(64)?), Access::recv())?;
     let sge = mr.sge(0, 64).expect("in the MR");
     let (mut batch, mut wcs) = (SendBatch::with_capacity(1, 1), WorkCompletion::buffer(8));
@@ -751,8 +776,8 @@ fn bench_server_fails_a_run_whose_sender_breaks_its_announced_count() {
 #[test]
 #[ignore = "needs an rxe device: run through deploy/testbed.sh"]
 fn bench_loopback_reports_a_pool_it_cannot_build_at_once_naming_the_flags() {
-    // 1024 buffers of 8 MiB (-r 512 gives twice as many pool slots): 8 GiB, more than the
-    // testbed has to register.
+    // 1024 buffers of 8 MiB (-r 512 gives twice as many pool slots): 8 GiB, over the memory
+    // limit (--max-memory-mib, half the VM's memory), which loopback checks before it starts.
     let t0 = Instant::now();
     let o = cmd("loopback", &["-s", "8388608", "-n", "10"])
         .output()
@@ -774,4 +799,249 @@ fn bench_loopback_reports_a_pool_it_cannot_build_at_once_naming_the_flags() {
         !err.contains("sender") && !err.to_lowercase().contains("timed out"),
         "the receiver's error alone, at once ({took:?}): {err}"
     );
+}
+
+/// The server's peak resident memory (VmHWM), in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kib / 1024.0
+}
+
+#[test]
+#[ignore = "needs an rxe device: run through deploy/testbed.sh"]
+fn bench_server_refuses_oversized_announcements_before_allocating_and_serves_on() {
+    let port = "18621";
+    let (mut server, mut err) = server_with(port, &["-r", "64"]);
+    // (label, qps, op, size, tx depth, what the refusal must name)
+    let cases: [(&str, u16, u8, u32, u32, &str); 3] = [
+        ("10,000 QPs", 10_000, 1, 64, 8, "at most 64 (--max-qps)"),
+        ("1 GiB messages", 1, 1, 1 << 30, 8, "(--max-memory-mib)"),
+        (
+            "tx depth 2^20 (WRITE windows)",
+            2,
+            2,
+            65536,
+            1 << 20,
+            "WRITE windows of 2 x (192 + tx depth 1048576) x 65536 B",
+        ),
+    ];
+    for (i, (label, qps, op, size, depth, want)) in cases.into_iter().enumerate() {
+        let r = rogue_connect(
+            port.parse().unwrap(),
+            &descriptor(100 + i as u32, 0, qps, op, size, 10, depth),
+        );
+        let e = match r {
+            Ok(_) => panic!("{label}: the server accepted it"),
+            Err(e) => format!("{e:#}"),
+        };
+        println!("{label}: {e}");
+        assert!(
+            e.contains("the peer said: gdrx-bench:"),
+            "{label}: the server's reason: {e}"
+        );
+        assert!(
+            e.contains(want),
+            "{label}: names the limit and its flag ({want}): {e}"
+        );
+    }
+    // Nothing was allocated for them: the 1 GiB case alone would have asked for 128 GiB.
+    let rss = peak_rss_mib(server.id());
+    println!("server peak RSS after the refusals: {rss:.1} MiB");
+    assert!(rss < 128.0, "RSS bounded: {rss:.1} MiB");
+    // The server is alive and serves the next, well-behaved sender.
+    let o = run_ok(
+        "client",
+        &[
+            "--port", port, "-s", "4096", "-n", "2000", "--verify", "--json",
+        ],
+    );
+    let st = server.wait().expect("server");
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).expect("server stderr");
+    let mut out = String::new();
+    server
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("server stdout");
+    println!(
+        "server stderr:\n{rest}\nserver stdout:\n{out}\nclient: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(
+        st.success(),
+        "the good run after the refusals succeeds: {rest}"
+    );
+    assert_eq!(
+        rest.matches("refusing a connection request").count(),
+        3,
+        "each refusal is logged: {rest}"
+    );
+    assert!(out.contains(" 4096 "), "the good run's row: {out}");
+}
+
+#[test]
+#[ignore = "needs an rxe device: run through deploy/testbed.sh"]
+fn bench_server_abandons_a_stalled_handshake_and_serves_the_sender_that_waited() {
+    let port = "18622";
+    let (mut server, mut err) = server_with(port, &["-r", "64", "--handshake-timeout", "3"]);
+    // A peer that announces a run of 2 connections and sends only the first.
+    let stalled = rogue_connect(port.parse().unwrap(), &descriptor(200, 0, 2, 1, 64, 10, 8))
+        .expect("the stalled run's first connection is accepted");
+    // A good sender arrives while that run waits for its second connection: held, then served.
+    let t0 = Instant::now();
+    let o = run_ok(
+        "client",
+        &[
+            "--port", port, "-s", "4096", "-n", "2000", "--verify", "--json",
+        ],
+    );
+    let took = t0.elapsed();
+    let st = server.wait().expect("server");
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).expect("server stderr");
+    println!(
+        "good sender served after {took:?}; server stderr:\n{rest}\nclient: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(st.success(), "the stalled run is not a failed run: {rest}");
+    assert!(
+        rest.contains("abandoned the 64 B run")
+            && rest.contains("--handshake-timeout")
+            && rest.contains("1 of its 2 connections"),
+        "the stall is reported with its cause: {rest}"
+    );
+    let row: Value = serde_json::from_slice(&o.stdout).expect("the client's JSON row");
+    assert_eq!(row["messages"], 2000, "{row}");
+    // It waited for the stalled run's timeout, not for its own connect timeout (20 s).
+    assert!(took < Duration::from_secs(18), "{took:?}");
+    drop(stalled);
+}
+
+/// The GID table index of the device's entry for `ip` (IPv4-mapped), read from sysfs.
+fn gid_index_of(dev: &str, ip: std::net::IpAddr) -> u32 {
+    let std::net::IpAddr::V4(v4) = ip else {
+        panic!("the testbed's address is IPv4")
+    };
+    let want = v4.to_ipv6_mapped();
+    (0..64)
+        .find(|i| {
+            std::fs::read_to_string(format!("/sys/class/infiniband/{dev}/ports/1/gids/{i}"))
+                .ok()
+                .and_then(|g| g.trim().parse::<std::net::Ipv6Addr>().ok())
+                .is_some_and(|g| g == want)
+        })
+        .expect("a GID entry for the testbed's address")
+}
+
+#[test]
+#[ignore = "needs an rxe device: run through deploy/testbed.sh"]
+fn bench_takes_perftests_device_port_gid_and_address_flags() {
+    let e = env();
+    e.open();
+    let x = gid_index_of(&e.dev, e.ip);
+    // No $GDRX_RDMA_IP: the server's address comes from -x, the client's target is the last
+    // argument, as with ib_send_bw.
+    let bare = |args: &[&str]| {
+        let mut c = Command::new(bench());
+        c.args(args)
+            .env_remove("GDRX_RDMA_IP")
+            .env_remove("GDRX_RDMA_DEV")
+            .env("RUST_BACKTRACE", "0");
+        c
+    };
+    let xs = x.to_string();
+    let mut server = bare(&[
+        "server",
+        "--ib-dev",
+        &e.dev,
+        "-i",
+        "1",
+        "-x",
+        &xs,
+        "-p",
+        "18631",
+        "--runs",
+        "1",
+        "--idle-timeout",
+        "60",
+        "--json",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("server");
+    let mut err = BufReader::new(server.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    err.read_line(&mut line).expect("server stderr");
+    println!("server -x {x}: {line}");
+    assert!(
+        line.contains(&format!("listening on {}:18631", e.ip)),
+        "-x {x} picks the address {}: {line}",
+        e.ip
+    );
+    let ip = e.ip.to_string();
+    let c = bare(&[
+        "client", "-d", &e.dev, "-p", "18631", "-s", "512", "-n", "500", "--verify", &ip,
+    ])
+    .output()
+    .expect("client");
+    let o = server.wait_with_output().expect("server");
+    println!(
+        "client: {}{}\nserver: {}",
+        String::from_utf8_lossy(&c.stdout),
+        String::from_utf8_lossy(&c.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(c.status.success() && o.status.success());
+    let row: Value = serde_json::from_slice(&o.stdout).expect("server JSON row");
+    assert_eq!(u(&row, "messages"), 500);
+    // No address at all, a link-local GID, a GID that does not exist, a port that does not:
+    // each says what to give instead.
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["server", "-d", &e.dev],
+            "give --ip (or set $GDRX_RDMA_IP), or -x",
+        ),
+        (
+            &["client", "-d", &e.dev],
+            "give it as the last argument, as with perftest",
+        ),
+        (
+            &["server", "-d", &e.dev, "-x", "999"],
+            "has no GID entry 999 (it has: ",
+        ),
+        (
+            &["server", "-d", &e.dev, "--ip", &ip, "-i", "7"],
+            "has 1 port(s), numbered from 1: there is no port 7",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = bare(args).output().expect("gdrx-bench");
+        let msg = String::from_utf8_lossy(&o.stderr);
+        println!("{args:?}: {msg}");
+        assert!(!o.status.success(), "{args:?}");
+        assert!(msg.contains(want), "{args:?} says {want}: {msg}");
+    }
+    // Entry 0 of a RoCE port is the link-local address derived from the MAC.
+    let g0 = std::fs::read_to_string(format!("/sys/class/infiniband/{}/ports/1/gids/0", e.dev))
+        .unwrap_or_default();
+    if g0.starts_with("fe80") {
+        let o = bare(&["server", "-d", &e.dev, "-x", "0"])
+            .output()
+            .expect("gdrx-bench");
+        let msg = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && msg.contains("link-local"), "{msg}");
+    } else {
+        panic!(
+            "GID 0 of {} is not link-local ({g0}): the test needs another case",
+            e.dev
+        );
+    }
 }
