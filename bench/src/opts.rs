@@ -455,7 +455,9 @@ pub struct OutOpts {
     /// One JSON object per size on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
-    /// Print a progress line every second on stderr (default: when stderr is a terminal).
+    /// Progress on stderr. On a terminal (the default there) a bar that updates in place, with
+    /// the percentage and time left when -n is known; with this flag, plain lines once a
+    /// second also when stderr is a file or a pipe.
     #[arg(long)]
     pub progress: bool,
 }

@@ -26,8 +26,8 @@ use anyhow::{anyhow, bail, Context};
 use gdrx_core::cm::{Admission, Gather};
 use gdrx_core::wire::Welcome;
 use gdrx_core::{
-    Access, ConnEvent, Connection, ConnectionSpec, Cq, Device, HostMemory, Lease, Listener, Mr, Pd,
-    Pool, PoolConfig, Provider, QpConfig, RecvEvent, Srq, SrqConfig, WcError,
+    Access, ConnEvent, Connection, ConnectionSpec, Cq, Device, HostMemory, Lease, Listener,
+    MemoryWindow, Mr, Pd, Pool, PoolConfig, Provider, QpConfig, RecvEvent, Srq, SrqConfig, WcError,
 };
 use hdrhistogram::Histogram;
 
@@ -311,8 +311,15 @@ struct Run {
     scq: Arc<Cq>,
     srq: Arc<Srq>,
     pool: Pool,
-    /// WRITE_WITH_IMM: the windows (one per connection, `window_slots` messages each).
-    window: Option<(Arc<HostMemory>, Mr)>,
+    /// WRITE_WITH_IMM: one memory window per connection, each bound to that connection's MR
+    /// and QP (declared first: they are deallocated before the MRs are deregistered).
+    mws: Vec<MemoryWindow>,
+    /// WRITE_WITH_IMM: each connection's window memory (`window_slots` messages) with its MR,
+    /// registered without remote access: peers reach it only through `mws`. An MR per
+    /// connection as well as a window: a window's rkey works on its own QP only, and the MR
+    /// bounds what it reaches (soft-RoCE checks a window's accesses against its MR's range,
+    /// not the window's own).
+    window: Vec<(Arc<HostMemory>, Arc<Mr>)>,
     window_slots: u64,
     provider: String,
     registration: String,
@@ -390,15 +397,23 @@ impl Run {
         let page_size = report.regions.first().map_or(0, |r| r.page_size as u64);
         let window_slots = u64::from(slots) + u64::from(spec.tx_depth);
         let window = match spec.op {
-            Op::Send => None,
+            Op::Send => Vec::new(),
             Op::WriteImm => {
-                let len = u64::from(spec.qps) * window_slots * u64::from(spec.size);
+                let len = window_slots * u64::from(spec.size);
                 let len = usize::try_from(len).context("window size")?;
-                let mem = Arc::new(HostMemory::new(len).with_context(|| {
-                    format!("allocating the {len} B WRITE window (lower --pool-slots or -q)")
-                })?);
-                let mr = rx.pd.register(Arc::clone(&mem), Access::remote_write())?;
-                Some((mem, mr))
+                (0..spec.qps)
+                    .map(|_| -> anyhow::Result<_> {
+                        let mem = Arc::new(HostMemory::new(len).with_context(|| {
+                            format!("allocating a {len} B WRITE window (lower --pool-slots or -q)")
+                        })?);
+                        // No REMOTE_WRITE on the MR itself: its rkey would work from any QP.
+                        // The connection gets a type 2 memory window over it at its accept.
+                        let mr = rx
+                            .pd
+                            .register(Arc::clone(&mem), Access::LOCAL_WRITE | Access::MW_BIND)?;
+                        Ok((mem, Arc::new(mr)))
+                    })
+                    .collect::<anyhow::Result<_>>()?
             }
         };
         Ok(Run {
@@ -406,6 +421,7 @@ impl Run {
             scq,
             srq,
             pool,
+            mws: Vec::new(),
             window,
             window_slots,
             provider: o.provider.name().to_string(),
@@ -435,7 +451,7 @@ impl Run {
         let mut run: Gather<u16> = Gather::new();
         let gathered = (|| -> anyhow::Result<()> {
             let first_admission = self.admission(first.private_data(), spec, 0)?;
-            run.admit(first, &cspec, first_admission)?;
+            self.admit(&mut run, first, &cspec, spec, first_admission, patience)?;
             // The run may take as long as it likes while it makes progress; a stall of
             // `patience` abandons it.
             let mut deadline = Instant::now() + patience;
@@ -459,7 +475,7 @@ impl Run {
                 }
                 let admission = self.admission(req.private_data(), spec, run.accepted.len())?;
                 let before = run.accepted.len();
-                run.admit(req, &cspec, admission)?;
+                self.admit(&mut run, req, &cspec, spec, admission, patience)?;
                 if run.accepted.len() > before {
                     deadline = Instant::now() + patience;
                 }
@@ -467,9 +483,12 @@ impl Run {
             Ok(())
         })();
         if let Err(e) = gathered {
+            let arrived = run.accepted.len();
+            // The windows before the QPs (see below).
+            self.mws.clear();
+            drop(run);
             return Err(RunError::Handshake(anyhow!(
-                "{} of its {want} connections arrived: {e:#}",
-                run.accepted.len()
+                "{arrived} of its {want} connections arrived: {e:#}"
             )));
         }
         let mut conns: Vec<Connection> = run.accepted.into_iter().map(|(c, _)| c).collect();
@@ -477,10 +496,68 @@ impl Run {
         for c in &mut conns {
             let _ = c.disconnect();
         }
+        // The windows before the QPs: a bound type 2 window holds a reference on its QP.
+        self.mws.clear();
         drop(conns);
         let teardown = self.pool.close();
         tracing::debug!("{teardown}");
         row.map_err(RunError::Run)
+    }
+
+    /// Carries out `admission` for `req`: a refusal as decided, an acceptance through
+    /// [`Run::accept_one`].
+    fn admit(
+        &mut self,
+        run: &mut Gather<u16>,
+        req: gdrx_core::ConnectRequest,
+        cspec: &ConnectionSpec,
+        spec: &RunSpec,
+        admission: Admission<u16>,
+        patience: Duration,
+    ) -> anyhow::Result<()> {
+        match admission {
+            Admission::Accept { peer, .. } => {
+                let conn = self.accept_one(req, cspec, spec, peer, patience)?;
+                run.accepted.push((conn, peer));
+            }
+            refusal => run.admit(req, cspec, refusal)?,
+        }
+        Ok(())
+    }
+
+    /// Accepts connection `conn` of the run with its Welcome. For WRITE_WITH_IMM it first binds
+    /// a memory window to the connection's QP over the connection's range of the window
+    /// memory, and advertises that: another connection's rkey, or an address outside the
+    /// range, gets the writer a remote access error, and nothing is written.
+    fn accept_one(
+        &mut self,
+        req: gdrx_core::ConnectRequest,
+        cspec: &ConnectionSpec,
+        spec: &RunSpec,
+        conn: u16,
+        patience: Duration,
+    ) -> anyhow::Result<Connection> {
+        let welcome = |window| {
+            Welcome {
+                flags: 0,
+                recv_buf: spec.size,
+                window,
+                credits: None,
+            }
+            .encode()
+            .to_vec()
+        };
+        let Some((_, mr)) = self.window.get(usize::from(conn)) else {
+            return Ok(req.accept(cspec, &welcome(None))?);
+        };
+        let mr = Arc::clone(mr);
+        let mut mw = mr.pd().alloc_mw()?;
+        let c = req.accept_with(cspec, |qp| {
+            let w = qp.bind_window(&mut mw, &mr, 0, mr.len() as u64, patience)?;
+            Ok(welcome(Some(w)))
+        })?;
+        self.mws.push(mw);
+        Ok(c)
     }
 
     /// Decides about a request of the run `spec` whose next connection is `next`: connection
@@ -513,22 +590,10 @@ impl Run {
                 ))
             }
         };
-        let per = self.window_slots * u64::from(spec.size);
-        let window = match &self.window {
-            Some((_, mr)) => Some(
-                mr.remote_window(u64::from(this.conn) * per, per)
-                    .context("the WRITE window of a connection")?,
-            ),
-            None => None,
-        };
-        let welcome = Welcome {
-            flags: 0,
-            recv_buf: spec.size,
-            window,
-            credits: None,
-        };
+        // The reply (the Welcome, with the connection's window) is made at the accept, once
+        // the window is bound to the connection's QP: see `accept_one`.
         Ok(Admission::Accept {
-            reply: welcome.encode().to_vec(),
+            reply: Vec::new(),
             peer: this.conn,
         })
     }
@@ -584,7 +649,7 @@ impl Run {
             window_errors: 0,
             window_verified: 0,
             wc_error: None,
-            window: self.window.as_ref().map(|(m, _)| Arc::clone(m)),
+            window: self.window.iter().map(|(m, _)| Arc::clone(m)).collect(),
             window_slots: self.window_slots,
             spec: *spec,
             lent_max: 0,
@@ -593,7 +658,11 @@ impl Run {
             unframed: ended.is_some(),
         };
         let mut closing = false;
-        let mut progress = Progress::new(out.progress, format!("{} B", spec.size));
+        let mut progress = Progress::new(
+            out.progress,
+            format!("{} B", spec.size),
+            (spec.iters > 0).then(|| spec.iters * u64::from(spec.qps)),
+        );
         let mut gone = vec![false; conns.len()];
         let started = Instant::now();
         let mut last_check = started;
@@ -692,7 +761,18 @@ impl Run {
         }
         // Leases are back: drain them so the pool's counters are final.
         let _ = self.pool.poll();
-        result?;
+        if let Err(e) = result {
+            // What the run got before it failed: whose messages arrived, and whether what was
+            // checked held (a failed peer must not have spoiled the others' data).
+            let verified: u64 = t.window_verified + outs.iter().map(|c| c.verified).sum::<u64>();
+            let bad: u64 = t.window_errors + outs.iter().map(|c| c.errors).sum::<u64>();
+            return Err(anyhow!(
+                "{e:#}; before that: messages per connection {:?}, {verified} payloads \
+                 verified, {bad} failed verification, {} out of sequence",
+                t.count,
+                t.seq_errors
+            ));
+        }
         let stats = self.pool.stats();
         let rnr = match (rnr0, report::rnr_counter(dev.name())) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
@@ -781,7 +861,7 @@ struct Tally {
     window_errors: u64,
     window_verified: u64,
     wc_error: Option<WcError>,
-    window: Option<Arc<HostMemory>>,
+    window: Vec<Arc<HostMemory>>,
     window_slots: u64,
     spec: RunSpec,
     lent_max: u64,
@@ -848,7 +928,7 @@ impl Tally {
         }
         let conn = conn as u16;
         if self.spec.verify {
-            if let Some(w) = &self.window {
+            if let Some(w) = self.window.get(usize::from(conn)) {
                 self.window_verified += 1;
                 if !window_holds(w, self.window_slots, self.spec.size, conn, seq) {
                     self.window_errors += 1;
@@ -969,9 +1049,9 @@ impl Tally {
 /// True when message (`conn`, `seq`) sits intact in its WRITE window slot.
 fn window_holds(w: &HostMemory, slots: u64, size: u32, conn: u16, seq: u32) -> bool {
     let size = u64::from(size);
-    let off = (u64::from(conn) * slots + u64::from(seq) % slots) * size;
-    // SAFETY: `off + size` lies inside the window (conn < qps, slot < slots), which `w` keeps
-    // mapped. The sender wrote this slot before the completion being handled, and cannot write
+    let off = (u64::from(seq) % slots) * size;
+    // SAFETY: `off + size` lies inside connection `conn`'s window `w` (slot < slots), which
+    // `w` keeps mapped. The sender wrote this slot before the completion being handled, and cannot write
     // it again while that completion is unhandled (the window is larger than the pool plus the
     // sender's depth; see the module docs), so the bytes are stable while they are read.
     let bytes = unsafe { std::slice::from_raw_parts(w.as_ptr().add(off as usize), size as usize) };

@@ -246,50 +246,125 @@ impl Peak {
     }
 }
 
-/// A once-a-second progress line on stderr.
-#[derive(Debug)]
+/// Progress of a run on stderr. On a terminal, a bar that updates in place (indicatif), with
+/// the percentage and the time left when the run's message count is known, and the rate;
+/// otherwise, with `--progress`, a plain line once a second (a log file gets no control codes).
 pub struct Progress {
-    on: bool,
+    bar: Option<indicatif::ProgressBar>,
+    lines: bool,
     last: Instant,
     what: String,
+    total: Option<u64>,
 }
 
 impl Progress {
-    /// Progress for `what`; on when forced or stderr is a terminal.
-    pub fn new(force: bool, what: String) -> Progress {
+    /// Progress for `what`, a run of `total` messages when known: a bar on a terminal, plain
+    /// lines when `force` and stderr is not a terminal, else nothing.
+    pub fn new(force: bool, what: String, total: Option<u64>) -> Progress {
+        let tty = std::io::stderr().is_terminal();
+        let bar = tty.then(|| {
+            let (bar, template) = match total {
+                Some(n) => (
+                    indicatif::ProgressBar::new(n),
+                    "  {prefix} [{bar:30}] {percent:>3}% {pos}/{len} messages, {msg}, ETA {eta}",
+                ),
+                None => (
+                    indicatif::ProgressBar::new_spinner(),
+                    "  {prefix} {spinner} {pos} messages, {msg}, {elapsed}",
+                ),
+            };
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(template)
+                    .expect("a valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(what.clone());
+            bar.set_message("waiting for the first message");
+            bar
+        });
         Progress {
-            on: force || std::io::stderr().is_terminal(),
+            bar,
+            lines: force && !tty,
             last: Instant::now(),
             what,
+            total,
         }
     }
 
-    /// True when progress lines are printed.
-    pub fn is_on(&self) -> bool {
-        self.on
+    /// No progress at all.
+    pub fn off() -> Progress {
+        Progress {
+            bar: None,
+            lines: false,
+            last: Instant::now(),
+            what: String::new(),
+            total: None,
+        }
     }
 
-    /// Prints `messages` and the bandwidth since `t0`, at most once a second.
+    /// True when progress is shown.
+    pub fn is_on(&self) -> bool {
+        self.bar.is_some() || self.lines
+    }
+
+    /// Shows `messages` and the bandwidth since `t0` (the bar at most every 100 ms, a line at
+    /// most once a second).
     pub fn tick(&mut self, t0: Instant, messages: u64, bytes: u64) {
-        if !self.on || self.last.elapsed() < Duration::from_secs(1) {
+        let every = if self.bar.is_some() {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(1)
+        };
+        if !self.is_on() || self.last.elapsed() < every {
             return;
         }
         self.last = Instant::now();
         let secs = t0.elapsed().as_secs_f64().max(1e-9);
-        let _ = writeln!(
-            std::io::stderr(),
-            "  [{}] {:.0} s: {} messages, {:.2} MiB/s",
-            self.what,
-            secs,
-            messages,
-            bytes as f64 / secs / MIB
-        );
+        let rate = format!("{:.2} MiB/s", bytes as f64 / secs / MIB);
+        if let Some(bar) = &self.bar {
+            bar.set_position(messages);
+            bar.set_message(rate);
+        } else {
+            let pct = self.total.map_or_else(String::new, |n| {
+                format!(" ({:.0} %)", 100.0 * messages as f64 / n.max(1) as f64)
+            });
+            let _ = writeln!(
+                std::io::stderr(),
+                "  [{}] {:.0} s: {} messages{pct}, {rate}",
+                self.what,
+                secs,
+                messages,
+            );
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        // The table row follows: leave no bar behind it.
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_is_a_bar_on_a_terminal_and_lines_only_when_asked_elsewhere() {
+        let tty = std::io::stderr().is_terminal();
+        let p = Progress::new(false, "64 B".into(), Some(1000));
+        assert_eq!(p.is_on(), tty, "on by default only on a terminal");
+        assert_eq!(p.bar.is_some(), tty);
+        let mut p = Progress::new(true, "64 B".into(), Some(1000));
+        assert!(p.is_on(), "--progress");
+        assert_eq!(p.lines, !tty, "plain lines where there is no terminal");
+        p.last -= Duration::from_secs(2);
+        p.tick(Instant::now() - Duration::from_secs(1), 500, 32_000);
+        assert!(p.last.elapsed() < Duration::from_secs(1), "ticked");
+    }
 
     #[test]
     fn peak_takes_the_best_complete_window() {

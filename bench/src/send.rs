@@ -45,7 +45,7 @@ impl Sender {
     }
 
     /// Runs every size of `opts` against the server at `server`, printing each row unless
-    /// `quiet`, and returns the rows.
+    /// `quiet` (which also hides its progress), and returns the rows.
     ///
     /// # Errors
     /// Connection and completion errors (with the size that failed).
@@ -78,7 +78,7 @@ impl Sender {
                 tx_depth: opts.tx_depth,
             };
             let row = self
-                .run_one(server, opts, &spec, out, i == 0)
+                .run_one(server, opts, &spec, out, i == 0, quiet)
                 .with_context(|| format!("{size} B run"))?;
             if !quiet {
                 if out.json {
@@ -132,6 +132,7 @@ impl Sender {
         spec: &RunSpec,
         out: &OutOpts,
         first_run: bool,
+        quiet: bool,
     ) -> anyhow::Result<SendRow> {
         let q = usize::from(o.qps);
         let size = spec.size as usize;
@@ -177,7 +178,16 @@ impl Sender {
         let mut batch = SendBatch::with_capacity(o.post_list as usize, o.post_list as usize);
         let mut wcs = WorkCompletion::buffer(64);
         let mut post_calls = 0u64;
-        let mut progress = Progress::new(out.progress, format!("{} B sent", spec.size));
+        // Quiet (loopback): the receiver's progress is the one shown.
+        let mut progress = if quiet {
+            Progress::off()
+        } else {
+            Progress::new(
+                out.progress,
+                format!("{} B sent", spec.size),
+                total.map(|n| n * q as u64),
+            )
+        };
         let cpu0 = report::thread_cpu();
         let t0 = Instant::now();
         let deadline =

@@ -73,7 +73,7 @@
 
 pub use gdrx_pool as pool;
 pub use gdrx_pool::provider;
-pub use gdrx_verbs::{cm, cq, device, error, event, mem, mr, pd, qp, srq, wait, wr};
+pub use gdrx_verbs::{cm, cq, device, error, event, mem, mr, mw, pd, qp, srq, wait, wr};
 pub use gdrx_wire as wire;
 
 pub mod accept;
@@ -92,7 +92,8 @@ pub use gdrx_pool::{DmabufView, MemoryKind, Provider, ProviderCheck, Region, Reg
 pub use gdrx_verbs::{
     connect, device_names, page_size, Access, AsyncEvent, BatchFull, Capabilities, ConnEvent,
     ConnectRequest, Connection, ConnectionSpec, Cq, Device, DeviceKind, DmabufSupport, Error,
-    GidInfo, GidKind, HostMemory, Listener, MemlockLimit, Mr, MrKind, ObjectId, Pd, PortInfo,
-    PortState, PostError, QpCaps, QpConfig, QpEventKind, QpState, QueuePair, RecvBatch, Result,
-    SendBatch, SendFlags, SendOp, Sge, Srq, SrqConfig, WcError, WcOpcode, WcStatus, WorkCompletion,
+    GidInfo, GidKind, HostMemory, Listener, MemlockLimit, MemoryWindow, Mr, MrKind, ObjectId, Pd,
+    PortInfo, PortState, PostError, QpCaps, QpConfig, QpEventKind, QpState, QueuePair, RecvBatch,
+    Result, SendBatch, SendFlags, SendOp, Sge, Srq, SrqConfig, WcError, WcOpcode, WcStatus,
+    WorkCompletion,
 };

@@ -124,6 +124,9 @@ pub struct PeerInfo {
     pub qp_num: u32,
 }
 
+/// How long accepting one sender may take by default (soft-RoCE under emulation is slow).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What [`Receiver::next`] yields.
 #[derive(Debug)]
 pub enum Event<'a> {
@@ -157,6 +160,7 @@ pub struct ReceiverBuilder {
     max_peers: usize,
     accept: Option<Box<AcceptFn>>,
     credits: bool,
+    handshake_timeout: Duration,
 }
 
 enum Bind {
@@ -183,6 +187,7 @@ impl ReceiverBuilder {
             event_mode: true,
             max_peers: 64,
             accept: None,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             credits: true,
         }
     }
@@ -234,6 +239,16 @@ impl ReceiverBuilder {
     #[must_use]
     pub fn credits(mut self, on: bool) -> Self {
         self.credits = on;
+        self
+    }
+
+    /// How long accepting one sender may take, until its connection is established (default
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`]). Accepting happens inside [`Receiver::next`]: a sender
+    /// that never completes its handshake delays the others by this much at most, and is then
+    /// reported as [`Event::Refused`].
+    #[must_use]
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
         self
     }
 
@@ -324,7 +339,8 @@ impl ReceiverBuilder {
             reg(fd, CQ)?;
         }
         reg(listener.as_raw_fd(), LISTENER)?;
-        let spec = ConnectionSpec::new(&pd, &send_cq, &cq, Some(&srq));
+        let spec =
+            ConnectionSpec::new(&pd, &send_cq, &cq, Some(&srq)).timeout(self.handshake_timeout);
         let credits = if self.credits {
             Some(CreditTable::new(&pd, self.max_peers)?)
         } else {
@@ -584,8 +600,14 @@ impl Receiver {
                 return Ok(());
             }
             Err(e) => {
+                // The handshake failed (the sender never completed it, went away, or its
+                // request could not be served): that sender's loss, reported as a refusal,
+                // not the receiver's error.
                 give_back(self, &mut credit);
-                return Err(e.into());
+                let reason = format!("accepting it failed: {e}");
+                tracing::warn!(?addr, "{reason}");
+                self.control.push_back(Control::Refused { addr, reason });
+                return Ok(());
             }
         };
         let token = Token(self.next_token);

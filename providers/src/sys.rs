@@ -271,28 +271,12 @@ impl Drop for Fd {
     }
 }
 
-/// The symbolic name of the errnos the providers meet (`ENOMEM`), else `errno N`.
+/// The symbolic name of an errno (`ENOMEM`), else `errno N`.
 pub(crate) fn errno_name(errno: i32) -> String {
-    let name = match errno {
-        libc::ENOMEM => "ENOMEM",
-        libc::EINVAL => "EINVAL",
-        libc::EPERM => "EPERM",
-        libc::EACCES => "EACCES",
-        libc::ENOENT => "ENOENT",
-        libc::ENOTTY => "ENOTTY",
-        libc::EFAULT => "EFAULT",
-        libc::EAGAIN => "EAGAIN",
-        libc::ENOSYS => "ENOSYS",
-        libc::ENODEV => "ENODEV",
-        libc::ENXIO => "ENXIO",
-        libc::EBUSY => "EBUSY",
-        libc::EFBIG => "EFBIG",
-        libc::EMFILE => "EMFILE",
-        libc::EBADF => "EBADF",
-        libc::EOPNOTSUPP => "EOPNOTSUPP",
-        _ => return format!("errno {errno}"),
-    };
-    name.to_owned()
+    match nix::errno::Errno::from_raw(errno) {
+        nix::errno::Errno::UnknownErrno => format!("errno {errno}"),
+        e => format!("{e:?}"),
+    }
 }
 
 /// `ENOMEM (Cannot allocate memory)` for an OS error, the plain message otherwise.

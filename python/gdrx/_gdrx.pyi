@@ -141,6 +141,7 @@ class Receiver:
         expect_senders: Optional[int] = None,
         header_split: bool = False,
         credits: bool = True,
+        handshake_timeout: float = 10.0,
     ) -> None: ...
     @property
     def address(self) -> Tuple[str, int]: ...

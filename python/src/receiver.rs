@@ -78,7 +78,7 @@ impl State {
 ///
 /// Receiver(ip=None, port=0, *, device=None, provider="host", slot_size=65536, slots=256,
 ///          max_peers=64, events=True, timeout=None, expect_senders=None, header_split=False,
-///          credits=True)
+///          credits=True, handshake_timeout=10.0)
 ///
 /// Listens on `ip:port` (port 0 picks one; see `address`), or on the RoCE address of `device`.
 /// `provider` is where the buffers live: "host", "hugepage" or "udmabuf" ("gpu" needs a CUDA
@@ -96,6 +96,10 @@ impl State {
 /// `credits=True` (the default) grants each sender credits from the free buffers, so that
 /// senders wait at the source instead of hitting an empty queue (RNR NAKs); `False` leaves
 /// flow control to RNR NAKs alone.
+///
+/// `handshake_timeout` (seconds) bounds accepting one sender: a sender that never completes
+/// its connection handshake delays the others by that much at most, and is then refused (it
+/// appears in `stats()["refused"]`), not raised.
 #[pyclass(name = "Receiver", module = "gdrx._gdrx", frozen)]
 #[derive(Debug)]
 pub struct PyReceiver {
@@ -171,7 +175,7 @@ impl PyReceiver {
     #[new]
     #[pyo3(signature = (ip=None, port=0, *, device=None, provider="host", slot_size=65536,
         slots=256, max_peers=64, events=true, timeout=None, expect_senders=None,
-        header_split=false, credits=true))]
+        header_split=false, credits=true, handshake_timeout=10.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -187,7 +191,16 @@ impl PyReceiver {
         expect_senders: Option<u64>,
         header_split: bool,
         credits: bool,
+        handshake_timeout: f64,
     ) -> PyResult<PyReceiver> {
+        if !(handshake_timeout.is_finite() && handshake_timeout > 0.0) {
+            return Err(raise(
+                py,
+                "ConfigError",
+                format!("handshake_timeout must be a positive number of seconds, not {handshake_timeout}"),
+                None,
+            ));
+        }
         let prov = self::provider(py, provider)?;
         let builder = match (ip, device) {
             (Some(ip), _) => Receiver::builder(errors::socket_addr(py, ip, port)?, prov),
@@ -217,6 +230,7 @@ impl PyReceiver {
                 .event_mode(events)
                 .max_peers(max_peers)
                 .credits(credits)
+                .handshake_timeout(std::time::Duration::from_secs_f64(handshake_timeout))
                 .build()
         });
         let rx = built.map_err(|e| errors::receiver(py, &e))?;

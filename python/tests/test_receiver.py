@@ -4,14 +4,21 @@ live arrays, and typed errors."""
 
 import gc
 import random
+import struct
+import subprocess
+import sys
 import threading
+import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import gdrx
 from payload import check, header
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def drain(rx, want, on_message):
@@ -245,6 +252,8 @@ def test_bad_configuration_gives_typed_errors(rdma):
         gdrx.Receiver()
     with pytest.raises(gdrx.ConfigError):
         gdrx.Receiver(ip="not-an-ip")
+    with pytest.raises(gdrx.ConfigError, match="handshake_timeout must be a positive"):
+        gdrx.Receiver(ip=rdma.ip, handshake_timeout=0)
     with pytest.raises(gdrx.Unsupported):
         gdrx.Receiver(ip=rdma.ip, provider="gpu")
     with pytest.raises(gdrx.NoDevice) as e:
@@ -294,3 +303,40 @@ def test_waits_are_bounded_and_ctrl_c_interrupts_them(rdma):
     finally:
         if p.poll() is None:
             p.kill()
+
+
+def test_a_sender_that_never_completes_its_handshake_is_refused_and_the_next_is_served(rdma):
+    """gdrx-testpeer --stall sends a good Hello and never sends the RTU that would establish the
+    connection: the receiver refuses it after handshake_timeout (stats()["refused"]), without
+    raising, and serves the sender that came next."""
+    peer = ROOT / "target" / "release" / "gdrx-testpeer"
+    if not peer.exists():
+        pytest.fail(f"{peer} is missing: cargo test --release -p gdrx-tests --no-run (run-tests.sh builds it)")
+    with gdrx.Receiver(ip=rdma.ip, slot_size=4096, slots=32, timeout=60, handshake_timeout=2) as rx:
+        ip, port = rx.address
+        stalled = subprocess.Popen([str(peer), "--stall", f"{ip}:{port}", "--hold", "60"], stdout=subprocess.PIPE, text=True)
+        try:
+            sent = []
+
+            def send():
+                time.sleep(1.0)
+                with gdrx.Sender(ip, port, max_msg=4096, timeout=60) as tx:
+                    for i in range(50):
+                        tx.send(struct.pack("<I", i) * 16)
+                        sent.append(i)
+
+            t = threading.Thread(target=send)
+            t.start()
+            got = []
+            for m in rx:
+                got.append(struct.unpack_from("<I", bytes(m.memoryview))[0])
+                m.release()
+            t.join()
+            assert stalled.poll() is None, "the stalled sender is still there, half-open"
+        finally:
+            stalled.kill()
+            out = stalled.communicate()[0]
+        assert out.strip() == "replied", f"the receiver answered the stalled request: {out!r}"
+        assert got == list(range(50)) and sent == got, (got, sent)
+        refused = rx.stats()["refused"]
+        assert len(refused) == 1 and "accepting it failed" in refused[0], refused

@@ -3,7 +3,8 @@
 //! The soft-RoCE integration suite of gdrx and its harness: message framing with sequence
 //! numbers and checksums ([`frame`]), a receiver ([`recv`]), a receiver through the buffer pool
 //! ([`poolrecv`]), a sender that runs in a second process ([`peer`], binary `gdrx-testpeer`),
-//! and the per-process RDMA resource counts used as a leak check ([`res`]).
+//! the per-process RDMA resource counts used as a leak check ([`res`]), and a peer that never
+//! completes its RDMA CM handshake ([`stall`]).
 //!
 //! The tests in `tests/rxe.rs` need a real rxe device: they are `#[ignore]`d in a plain
 //! `cargo test` and run by `deploy/testbed.sh` (via `deploy/run-tests.sh`), which exports
@@ -18,6 +19,7 @@ pub mod peer;
 pub mod poolrecv;
 pub mod recv;
 pub mod res;
+pub mod stall;
 
 pub use env::RxeEnv;
 

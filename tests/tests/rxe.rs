@@ -63,6 +63,14 @@ fn env() -> RxeEnv {
     RxeEnv::from_env()
 }
 
+/// The active MTU of the testbed device's port 1.
+fn port_mtu(env: &RxeEnv) -> u32 {
+    gdrx_core::Device::open(&env.dev)
+        .and_then(|d| d.require_active_port(1))
+        .expect("the rxe port")
+        .active_mtu
+}
+
 /// A workspace binary the rxe tests run: `$var` when set, else `name` beside this test's own
 /// target directory (`target/release/<name>`, which `deploy/run-tests.sh` builds with `build`).
 fn workspace_bin(name: &str, var: &str, build: &str) -> std::path::PathBuf {

@@ -43,13 +43,15 @@ fn device_list() -> Result<DeviceList> {
             let (reason, hint) = match io.raw_os_error() {
                 Some(libc::EOPNOTSUPP) => (
                     "libibverbs.so.1 could not be loaded".to_owned(),
-                    "install rdma-core and ibverbs-providers (deploy/install-deps.sh does)",
+                    "install rdma-core and ibverbs-providers (Debian: `apt install rdma-core \
+                     ibverbs-providers`)",
                 ),
                 Some(libc::ENOSYS) => (
                     "the kernel exposes no RDMA devices (/sys/class/infiniband_verbs is missing)"
                         .to_owned(),
-                    "load an RDMA driver (e.g. `modprobe rdma_rxe` and `deploy/rxe-host.sh up \
-                     IFACE`) or run inside the soft-RoCE testbed (`deploy/testbed.sh`)",
+                    "load an RDMA driver: for soft-RoCE, `modprobe rdma_rxe` and `rdma link add \
+                     rxe0 type rxe netdev IFACE` (in gdrx's repository: deploy/rxe-host.sh, or \
+                     the VM testbed deploy/testbed.sh)",
                 ),
                 _ => (
                     format!("ibv_get_device_list failed: {io}"),
@@ -159,8 +161,8 @@ impl Device {
         Err(Error::DeviceNotFound {
             name: name.to_owned(),
             hint: if available.is_empty() {
-                "no RDMA device is configured: set up soft-RoCE with `deploy/rxe-host.sh up \
-                 IFACE`, or run inside `deploy/testbed.sh`"
+                "no RDMA device is configured: for soft-RoCE, `rdma link add rxe0 type rxe \
+                 netdev IFACE` (in gdrx's repository: deploy/rxe-host.sh, or deploy/testbed.sh)"
             } else {
                 "pick one of the devices present"
             },
@@ -182,8 +184,9 @@ impl Device {
             None => Err(Error::DeviceNotFound {
                 name: "<any>".to_owned(),
                 available: Vec::new(),
-                hint: "no RDMA device is configured: set up soft-RoCE with `deploy/rxe-host.sh \
-                       up IFACE`, or run inside `deploy/testbed.sh`",
+                hint: "no RDMA device is configured: for soft-RoCE, `rdma link add rxe0 type \
+                       rxe netdev IFACE` (in gdrx's repository: deploy/rxe-host.sh, or \
+                       deploy/testbed.sh)",
             }),
         }
     }

@@ -25,6 +25,8 @@ impl Access {
     pub const REMOTE_WRITE: Access = Access(2);
     /// A peer may RDMA READ the memory.
     pub const REMOTE_READ: Access = Access(4);
+    /// Memory windows may be bound to the memory ([`crate::MemoryWindow`]).
+    pub const MW_BIND: Access = Access(1 << 4);
     /// The NIC may reorder writes into the memory (PCIe relaxed ordering).
     pub const RELAXED_ORDERING: Access = Access(1 << 20);
 
@@ -73,6 +75,9 @@ impl Access {
         if self.contains(Access::REMOTE_READ) {
             f |= AccessFlags::RemoteRead;
         }
+        if self.contains(Access::MW_BIND) {
+            f |= AccessFlags::MemoryWindowBind;
+        }
         if self.contains(Access::RELAXED_ORDERING) {
             f |= AccessFlags::RelaxedOrdering;
         }
@@ -98,6 +103,9 @@ impl fmt::Debug for Access {
         }
         if self.contains(Access::REMOTE_READ) {
             parts.push("REMOTE_READ");
+        }
+        if self.contains(Access::MW_BIND) {
+            parts.push("MW_BIND");
         }
         if self.contains(Access::RELAXED_ORDERING) {
             parts.push("RELAXED_ORDERING");
@@ -202,6 +210,12 @@ impl Mr {
     /// How it was registered.
     pub fn kind(&self) -> MrKind {
         self.kind
+    }
+
+    /// The raw `ibv_mr`, valid while `self` lives.
+    pub(crate) fn raw(&self) -> *mut rdma_mummy_sys::ibv_mr {
+        // SAFETY: sideway returns the pointer it owns; we use it only while `self` is alive.
+        unsafe { self._inner.mr().as_ptr() }
     }
 
     /// The PD it belongs to.

@@ -240,6 +240,11 @@ impl QueuePair {
         self.srq.as_ref()
     }
 
+    /// The raw `ibv_qp`, valid while `self` lives.
+    pub(crate) fn raw_ptr(&self) -> *mut ibv_qp {
+        self.raw.as_ptr()
+    }
+
     /// The send CQ.
     pub fn send_cq(&self) -> &Arc<Cq> {
         &self.send_cq

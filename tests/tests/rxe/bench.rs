@@ -457,7 +457,16 @@ fn server_with(
     port: &str,
     extra: &[&str],
 ) -> (std::process::Child, BufReader<std::process::ChildStderr>) {
-    let mut args = vec!["--port", port, "--runs", "1", "--idle-timeout", "60"];
+    server_runs(port, "1", extra)
+}
+
+/// A server for `runs` runs, with more arguments.
+fn server_runs(
+    port: &str,
+    runs: &str,
+    extra: &[&str],
+) -> (std::process::Child, BufReader<std::process::ChildStderr>) {
+    let mut args = vec!["--port", port, "--runs", runs, "--idle-timeout", "60"];
     args.extend(extra);
     let mut server = cmd("server", &args)
         .stdout(Stdio::piped())
@@ -889,39 +898,77 @@ fn bench_server_refuses_oversized_announcements_before_allocating_and_serves_on(
 #[test]
 #[ignore = "needs an rxe device: run through deploy/testbed.sh"]
 fn bench_server_abandons_a_stalled_handshake_and_serves_the_sender_that_waited() {
-    let port = "18622";
-    let (mut server, mut err) = server_with(port, &["-r", "64", "--handshake-timeout", "3"]);
-    // A peer that announces a run of 2 connections and sends only the first.
-    let stalled = rogue_connect(port.parse().unwrap(), &descriptor(200, 0, 2, 1, 64, 10, 8))
-        .expect("the stalled run's first connection is accepted");
-    // A good sender arrives while that run waits for its second connection: held, then served.
-    let t0 = Instant::now();
-    let o = run_ok(
-        "client",
-        &[
-            "--port", port, "-s", "4096", "-n", "2000", "--verify", "--json",
-        ],
-    );
-    let took = t0.elapsed();
-    let st = server.wait().expect("server");
-    let mut rest = String::new();
-    err.read_to_string(&mut rest).expect("server stderr");
-    println!(
-        "good sender served after {took:?}; server stderr:\n{rest}\nclient: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    assert!(st.success(), "the stalled run is not a failed run: {rest}");
-    assert!(
-        rest.contains("abandoned the 64 B run")
-            && rest.contains("--handshake-timeout")
-            && rest.contains("1 of its 2 connections"),
-        "the stall is reported with its cause: {rest}"
-    );
-    let row: Value = serde_json::from_slice(&o.stdout).expect("the client's JSON row");
-    assert_eq!(row["messages"], 2000, "{row}");
-    // It waited for the stalled run's timeout, not for its own connect timeout (20 s).
-    assert!(took < Duration::from_secs(18), "{took:?}");
-    drop(stalled);
+    let e = env();
+    // Two stalls, each while a good sender arrives: a peer that never completes RDMA CM's
+    // handshake (no RTU after the server's reply), and one that announces a run of 2
+    // connections and opens 1. A server each (the good client's run is its last).
+    for (kind, port) in [("no RTU", "18622"), ("1 of 2 connections", "18623")] {
+        let (mut server, mut err) = server_with(port, &["-r", "64", "--handshake-timeout", "3"]);
+        let addr = std::net::SocketAddr::new(e.ip, port.parse().unwrap());
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let stalled = match kind {
+            "no RTU" => std::thread::spawn(move || {
+                let s = gdrx_tests::stall::stall(
+                    addr,
+                    &descriptor(400, 0, 1, 1, 64, 10, 8),
+                    Duration::from_secs(30),
+                );
+                let _ = done_rx.recv_timeout(Duration::from_secs(60));
+                s.replied
+            }),
+            _ => std::thread::spawn(move || {
+                let c = rogue_connect(addr.port(), &descriptor(401, 0, 2, 1, 64, 10, 8))
+                    .expect("the stalled run's first connection is accepted");
+                let _ = done_rx.recv_timeout(Duration::from_secs(60));
+                drop(c);
+                true
+            }),
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        // A good sender arrives while that run stalls: held, then served.
+        let t0 = Instant::now();
+        let o = run_ok(
+            "client",
+            &[
+                "--port", port, "-s", "4096", "-n", "2000", "--verify", "--json",
+            ],
+        );
+        let took = t0.elapsed();
+        let _ = done_tx.send(());
+        let replied = stalled.join().expect("the stalled peer's thread");
+        println!(
+            "{kind}: the good sender was served after {took:?} (the stalled peer got a reply: \
+             {replied}); client: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        assert!(replied, "{kind}: the server answered the stalled request");
+        let row: Value = serde_json::from_slice(&o.stdout).expect("the client's JSON row");
+        assert_eq!(row["messages"], 2000, "{row}");
+        // It waited for the stalled run's timeout, not for its own connect timeout (20 s).
+        assert!(took < Duration::from_secs(18), "{kind}: {took:?}");
+        let st = server.wait().expect("server");
+        let mut rest = String::new();
+        err.read_to_string(&mut rest).expect("server stderr");
+        println!("{kind}: server stderr:\n{rest}");
+        assert!(
+            st.success(),
+            "{kind}: a stalled run is not a failed run: {rest}"
+        );
+        assert_eq!(
+            rest.matches("abandoned the 64 B run").count(),
+            1,
+            "{kind}: the stall is reported: {rest}"
+        );
+        let cause = if kind == "no RTU" {
+            "0 of its 1 connections arrived"
+        } else {
+            "1 of its 2 connections arrived: no new connection for 3s (--handshake-timeout)"
+        };
+        assert!(
+            rest.contains(cause),
+            "{kind}: with its cause ({cause}): {rest}"
+        );
+    }
 }
 
 /// The GID table index of the device's entry for `ip` (IPv4-mapped), read from sysfs.
@@ -1042,6 +1089,151 @@ fn bench_takes_perftests_device_port_gid_and_address_flags() {
         panic!(
             "GID 0 of {} is not link-local ({g0}): the test needs another case",
             e.dev
+        );
+    }
+}
+
+/// bench/src/proto.rs's payload pattern, written out for this foreign peer: byte k of message
+/// (conn, seq) is byte k % 8 of the little-endian word (conn, seq, k / 8).
+fn pattern(conn: u16, seq: u32, len: usize) -> Vec<u8> {
+    let word = |w: u64| {
+        let mut z = ((u64::from(conn) << 32) | u64::from(seq))
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(w.wrapping_mul(0xd1b5_4a32_d192_ed03));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    (0..len)
+        .map(|k| word(k as u64 / 8).to_le_bytes()[k % 8])
+        .collect()
+}
+
+/// Posts one signaled send work request on `conn` and returns its completion's result.
+fn send_one(
+    conn: &gdrx_core::Connection,
+    cq: &gdrx_core::Cq,
+    op: gdrx_core::SendOp,
+    sges: &[gdrx_core::Sge],
+) -> Result<(), gdrx_core::WcError> {
+    use gdrx_core::{SendBatch, SendFlags, WorkCompletion};
+    let mut batch = SendBatch::with_capacity(1, 1);
+    batch.push(1, op, sges, SendFlags::SIGNALED).expect("room");
+    // SAFETY: the SGEs lie in MRs the caller keeps alive until this returns, after the
+    // completion was polled.
+    unsafe { conn.qp().post_send(&mut batch).expect("post") };
+    let mut wcs = WorkCompletion::buffer(1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if cq.poll(&mut wcs).expect("poll") == 1 {
+            return wcs[0].result();
+        }
+        assert!(Instant::now() < deadline, "no send completion in 30 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+#[ignore = "needs an rxe device: run through deploy/testbed.sh"]
+fn bench_server_isolates_each_connections_write_window() {
+    use gdrx_core::wire::Welcome;
+    use gdrx_core::{Access, HostMemory, SendOp, WcStatus};
+
+    let port = "18641";
+    let (mut server, mut err) = server_runs(port, "2", &["-r", "16"]);
+    // Two attacks, one run each: connection 0 writes into connection 1's window with
+    // connection 1's rkey, and with its own rkey at connection 1's address.
+    for (run, own_rkey) in [(300u32, false), (301, true)] {
+        let what = if own_rkey {
+            "its own rkey"
+        } else {
+            "the victim's rkey"
+        };
+        // A WRITE_WITH_IMM run of 2 connections, 1 message of 64 B each, verified.
+        let desc = |conn| {
+            let mut d = descriptor(run, conn, 2, 2, 64, 1, 8);
+            d[16 + 11] = 1; // FLAG_VERIFY, and not the client's last run
+            d
+        };
+        let mut connect = |conn| match rogue_connect(port.parse().unwrap(), &desc(conn)) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = server.kill();
+                let mut rest = String::new();
+                let _ = err.read_to_string(&mut rest);
+                panic!("{what}: connection {conn}: {e:#}; server stderr:\n{rest}");
+            }
+        };
+        let (c0, pd0, cq0) = connect(0);
+        let (c1, pd1, cq1) = connect(1);
+        let window = |c: &gdrx_core::Connection| {
+            Welcome::decode(c.peer_private_data())
+                .expect("a Welcome")
+                .window
+                .expect("a WRITE window")
+        };
+        let (w0, w1) = (window(&c0), window(&c1));
+        println!("{what}: window 0 {w0:?}, window 1 {w1:?}");
+        assert_ne!(w0.rkey, w1.rkey, "a key per connection");
+        // The victim writes its message's payload into slot 0 of its window.
+        let good = Arc::new(HostMemory::new(64).unwrap());
+        // SAFETY: nothing else refers to the fresh mapping.
+        unsafe { std::slice::from_raw_parts_mut(good.as_ptr(), 64) }
+            .copy_from_slice(&pattern(1, 0, 64));
+        let good_mr = pd1.register(good, Access::recv()).unwrap();
+        let write = |rkey| SendOp::RdmaWrite {
+            remote_addr: w1.addr,
+            rkey,
+        };
+        send_one(&c1, &cq1, write(w1.rkey), &[good_mr.sge(0, 64).unwrap()])
+            .expect("the victim writes its own window");
+        // The intruder tries to overwrite it.
+        let junk = pd0
+            .register(Arc::new(HostMemory::new(64).unwrap()), Access::recv())
+            .unwrap();
+        let rkey = if own_rkey { w0.rkey } else { w1.rkey };
+        let e = send_one(&c0, &cq0, write(rkey), &[junk.sge(0, 64).unwrap()])
+            .expect_err("the intruding write must fail");
+        println!("{what}: the intruder's write: {e}");
+        assert_eq!(e.status, WcStatus::RemoteAccess, "{e}");
+        // The victim's message completes with a write into slot 1 of its window (the server
+        // checks the length, and the payload of message 0 in slot 0): what is checked is slot
+        // 0 as the write before the intrusion left it.
+        let zeros = pd1
+            .register(Arc::new(HostMemory::new(64).unwrap()), Access::recv())
+            .unwrap();
+        send_one(
+            &c1,
+            &cq1,
+            SendOp::RdmaWriteWithImm {
+                remote_addr: w1.addr + 64,
+                rkey: w1.rkey,
+                imm: 1 << 31, // sequence 0, the last
+            },
+            &[zeros.sge(0, 64).unwrap()],
+        )
+        .expect("the victim's message");
+        std::thread::sleep(Duration::from_millis(500));
+        drop((c0, c1));
+    }
+    let st = server.wait().expect("server");
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).expect("server stderr");
+    println!("server stderr:\n{rest}");
+    // Each run fails for the intruder, and says the victim's data held.
+    assert!(!st.success());
+    let failed: Vec<&str> = rest
+        .lines()
+        .filter(|l| l.starts_with("gdrx-bench server: run failed:"))
+        .collect();
+    assert_eq!(failed.len(), 2, "{rest}");
+    for l in failed {
+        assert!(
+            l.contains("the sender of connection 0 disconnected")
+                && l.contains(
+                    "messages per connection [0, 1], 1 payloads verified, 0 failed verification"
+                ),
+            "the intruder's run fails, and the victim's message arrived and verified: {l}"
         );
     }
 }

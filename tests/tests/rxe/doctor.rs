@@ -101,6 +101,43 @@ fn doctor_json_reports_rxe_without_dmabuf_and_no_gpu() {
     let port = &d["ports"][0];
     assert_eq!(str_of(port, "state"), "ACTIVE", "{port}");
     assert_eq!(str_of(port, "roce_v2_ip"), e.ip.to_string(), "{port}");
+    // What ibv_devinfo users look for, read back from sysfs here.
+    let sys = |attr: &str| {
+        std::fs::read_to_string(format!("/sys/class/infiniband/{}/{attr}", e.dev))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|err| panic!("{attr}: {err}"))
+    };
+    assert_eq!(str_of(d, "node_guid"), sys("node_guid"), "{d}");
+    // rxe's fw_ver is empty (a NIC's driver fills it): reported as null then.
+    let fw = std::fs::read_to_string(format!("/sys/class/infiniband/{}/fw_ver", e.dev))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    assert_eq!(d["firmware"].as_str().unwrap_or_default(), fw, "{d}");
+    assert!(
+        d["pci_address"].is_null(),
+        "soft-RoCE has no PCI address: {d}"
+    );
+    assert_eq!(str_of(port, "rate"), sys("ports/1/rate"), "{port}");
+    let gids = port["gids"].as_array().expect("the GID table");
+    let mine = gids
+        .iter()
+        .find(|g| g["ip"] == e.ip.to_string().as_str())
+        .unwrap_or_else(|| panic!("a GID for {}: {port}", e.ip));
+    assert_eq!(str_of(mine, "type"), "RoCE v2", "{mine}");
+    assert_eq!(port["roce_v2_gid_index"], mine["index"], "{port}");
+    let x = mine["index"].as_u64().expect("an index");
+    assert_eq!(
+        sys(&format!("ports/1/gid_attrs/types/{x}")),
+        "RoCE v2",
+        "the kernel agrees on entry {x}"
+    );
+    // No GPU: no GPU-NIC pairs to place.
+    assert_eq!(
+        v["affinity"].as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        v["affinity"]
+    );
 
     // No GPU here: a typed error naming libcuda, no path, and the summary says why.
     let g = &v["gpus"];
@@ -117,6 +154,15 @@ fn doctor_json_reports_rxe_without_dmabuf_and_no_gpu() {
         Some(0),
         "{}",
         v["paths"]
+    );
+    // Each finding has a machine-readable code beside its prose.
+    let findings = v["findings"].as_array().expect("findings");
+    assert_eq!(findings.len(), v["summary"].as_array().map_or(0, Vec::len));
+    assert!(
+        findings
+            .iter()
+            .any(|f| f["code"] == "no-gpu-pool" && str_of(f, "text").contains("libcuda")),
+        "{findings:?}"
     );
     let summary: Vec<&str> = v["summary"]
         .as_array()

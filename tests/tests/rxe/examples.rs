@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gdrx_core::Device;
 use gdrx_tests::peer::{OpKind, Plan};
 use gdrx_tests::recv::{finish_peer, spawn_peer, Peer};
 
@@ -93,10 +92,7 @@ impl RunningReceiver {
 #[ignore = "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)"]
 fn receiver_example_counts_every_message_of_two_senders() {
     let env = env();
-    let mtu = Device::open(&env.dev)
-        .and_then(|d| d.require_active_port(1))
-        .expect("the rxe port")
-        .active_mtu;
+    let mtu = super::port_mtu(&env);
     let rx = RunningReceiver::start(
         "receiver",
         &[SocketAddr::new(env.ip, 0).to_string(), "2".into()],

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gdrx_core::receiver::{Event, Receiver};
-use gdrx_core::{Device, RecvEvent};
+use gdrx_core::RecvEvent;
 use gdrx_providers::HostProvider;
 use gdrx_tests::frame;
 use gdrx_tests::peer::{OpKind, Plan};
@@ -17,20 +17,25 @@ use gdrx_tests::recv::{finish_peer, spawn_peer};
 
 use super::{env, PEER};
 
+/// A busy-mode receiver on the testbed's address with 64 buffers of `max` bytes.
+fn busy_receiver(env: &gdrx_tests::RxeEnv, max: u32, handshake: Option<Duration>) -> Receiver {
+    let b = Receiver::builder(SocketAddr::new(env.ip, 0), Arc::new(HostProvider::new()))
+        .slots(max, 64)
+        .event_mode(false);
+    let b = match handshake {
+        Some(t) => b.handshake_timeout(t),
+        None => b,
+    };
+    b.build().expect("a busy-mode receiver")
+}
+
 #[test]
 #[ignore = "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)"]
 fn receiver_busy_mode_refuses_a_bad_hello_and_verifies_two_senders() {
     let env = env();
-    let mtu = Device::open(&env.dev)
-        .and_then(|d| d.require_active_port(1))
-        .expect("the rxe port")
-        .active_mtu;
+    let mtu = super::port_mtu(&env);
     let max = 8u32 << 10;
-    let mut rx = Receiver::builder(SocketAddr::new(env.ip, 0), Arc::new(HostProvider::new()))
-        .slots(max, 64)
-        .event_mode(false)
-        .build()
-        .expect("a busy-mode receiver");
+    let mut rx = busy_receiver(&env, max, None);
     assert!(rx.as_raw_fd() >= 0);
     assert_eq!(rx.max_message(), max);
     // Nothing to do yet: a short timeout is a Timeout event.
@@ -124,4 +129,96 @@ fn receiver_busy_mode_refuses_a_bad_hello_and_verifies_two_senders() {
         "receiver (busy mode): {verified} messages verified from 2 senders, 1 refused: {}",
         refused[0]
     );
+}
+
+#[test]
+#[ignore = "needs a soft-RoCE device: run through deploy/testbed.sh (deploy/run-tests.sh)"]
+fn receiver_refuses_a_sender_that_never_completes_its_handshake_and_serves_the_next() {
+    use gdrx_core::wire::Hello;
+    let env = env();
+    let mtu = super::port_mtu(&env);
+    let max = 8u32 << 10;
+    let mut rx = busy_receiver(&env, max, Some(Duration::from_secs(2)));
+    let addr = rx.local_addr();
+    // A sender whose connect request carries a good Hello, and which never sends the RTU after
+    // the receiver's reply: held until the good sender is done.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let stalled = std::thread::spawn(move || {
+        let hello = Hello {
+            flags: 0,
+            conn_tag: 99,
+            max_msg: 64,
+        }
+        .encode();
+        let s = gdrx_tests::stall::stall(addr, &hello, Duration::from_secs(30));
+        let replied = s.replied;
+        let _ = done_rx.recv_timeout(Duration::from_secs(120));
+        replied
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let plan = Plan {
+        dev: env.dev.clone(),
+        server: addr,
+        conns: 1,
+        messages: 300,
+        mtu,
+        max,
+        op: OpKind::SendImm,
+        window: 16,
+        oversize_after: None,
+        bad_hello: false,
+        first_tag: 0,
+    };
+    let mut peer = spawn_peer(PEER.as_ref(), &plan).expect("spawning the test peer");
+    let (mut next, mut refused, mut gone) = (0u32, Vec::new(), false);
+    let mut finished = false;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !gone {
+        assert!(
+            Instant::now() < deadline,
+            "{next} messages, refused {refused:?}"
+        );
+        if next == plan.messages && !finished {
+            finish_peer(&mut peer).expect("the test peer's report");
+            finished = true;
+        }
+        match rx
+            .next(Some(Duration::from_millis(200)))
+            .expect("a stalled sender is not the receiver's error")
+        {
+            Event::Batch(batch) => {
+                for ev in batch {
+                    let RecvEvent::Message(lease) = ev else {
+                        panic!("unexpected pool event {ev:?}")
+                    };
+                    let (want, _) = frame::size_for(0, next, mtu, max);
+                    frame::verify(lease.payload().unwrap(), 0, next, want, lease.imm(), true)
+                        .unwrap_or_else(|e| panic!("message {next}: {e}"));
+                    next += 1;
+                }
+            }
+            Event::Refused { reason, .. } => refused.push(reason),
+            Event::Gone(p) => {
+                assert_eq!(p.tag, 0, "only the good sender was ever connected");
+                gone = true;
+            }
+            Event::Connected(p) => assert_eq!(p.tag, 0, "the stalled sender is never connected"),
+            Event::Timeout => {}
+        }
+    }
+    let _ = done_tx.send(());
+    let replied = stalled.join().expect("the stalled sender's thread");
+    if !finished {
+        let report = finish_peer(&mut peer);
+        println!("the test peer, which left early: {report:?}");
+    }
+    println!("stalled sender (replied to: {replied}) refused: {refused:?}; {next} messages from the good one");
+    assert!(
+        replied,
+        "the receiver answered the stalled sender's request"
+    );
+    assert_eq!(next, plan.messages, "every message of the good sender");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].contains("accepting it failed"), "{}", refused[0]);
+    assert_eq!(rx.peers().count(), 0);
 }

@@ -3,7 +3,9 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::ptr;
 
-pub(crate) fn to_sockaddr(addr: &SocketAddr) -> libc::sockaddr_storage {
+/// `addr` as the `sockaddr_storage` librdmacm's calls take (for callers that use librdmacm
+/// directly, as the test suite's stalled peer does).
+pub fn to_sockaddr(addr: &SocketAddr) -> libc::sockaddr_storage {
     // SAFETY: sockaddr_storage is plain data; zeroes are valid.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     match addr {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use rdma_mummy_sys::rdma_cm_event_type as ev;
 
 use crate::error::{Error, Result};
+use crate::qp::QueuePair;
 
 use super::address::to_sockaddr;
 use super::connect::{check_device, conn_param, to_init, to_rtr_rts, Connection};
@@ -195,8 +196,23 @@ impl ConnectRequest {
     /// (the request is rejected); [`Error::InvalidConfig`] for oversized private data; QP
     /// creation errors; [`Error::Connection`] / [`Error::Timeout`] when the handshake fails.
     pub fn accept(self, spec: &ConnectionSpec, private_data: &[u8]) -> Result<Connection> {
-        spec.validate()?;
         check_private_len(private_data.len(), MAX_ACCEPT_PRIVATE_DATA, "accept")?;
+        self.accept_with(spec, |_| Ok(private_data.to_vec()))
+    }
+
+    /// As [`ConnectRequest::accept`], with the private data made by `before` from the QP once
+    /// it is ready to send and before the peer learns of the acceptance: the place to bind a
+    /// memory window to the QP ([`QueuePair::bind_window`]) and advertise it, so that it is
+    /// valid before the peer can write.
+    ///
+    /// # Errors
+    /// As [`ConnectRequest::accept`], and those of `before` (the request is then rejected).
+    pub fn accept_with(
+        self,
+        spec: &ConnectionSpec,
+        before: impl FnOnce(&QueuePair) -> Result<Vec<u8>>,
+    ) -> Result<Connection> {
+        spec.validate()?;
         let peer = self.peer_str();
         if let Err(e) = check_device(&self.id, spec, &peer) {
             let _ = self.reject(b"");
@@ -208,7 +224,16 @@ impl ConnectRequest {
         let init = self.responder_resources.min(ours);
         to_init(&self.id, &qp)?;
         to_rtr_rts(&self.id, &qp, spec, resp)?;
-        let mut p = conn_param(spec, &qp, private_data, resp, init);
+        let private_data = match before(&qp)
+            .and_then(|p| check_private_len(p.len(), MAX_ACCEPT_PRIVATE_DATA, "accept").map(|()| p))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = self.reject(b"");
+                return Err(e);
+            }
+        };
+        let mut p = conn_param(spec, &qp, &private_data, resp, init);
         // SAFETY: live id; `p` and the private data it points to outlive the call.
         let ret = unsafe { rdma_mummy_sys::rdma_accept(self.id.ptr(), &mut p) };
         if ret != 0 {

@@ -20,6 +20,7 @@ mod listener;
 mod raw;
 
 pub use accept::{Admission, Admitted, Gather, Refusal, IDLE_TICK};
+pub use address::to_sockaddr;
 pub use connect::{connect, ConnEvent, Connection};
 pub use listener::{ConnectRequest, Listener};
 

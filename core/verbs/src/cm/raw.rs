@@ -35,7 +35,8 @@ impl EventChannel {
                 | Some(libc::ENOSYS) => Error::NoRdma {
                     reason: format!("the RDMA CM is unavailable ({e})"),
                     hint: "load rdma_ucm and an RDMA driver (/dev/infiniband/rdma_cm must \
-                               exist) and install librdmacm1, or run inside deploy/testbed.sh",
+                               exist) and install librdmacm1 (in gdrx's repository: \
+                               deploy/testbed.sh has all of it)",
                     source: Some(e),
                 },
                 _ => Error::Cm {

@@ -69,6 +69,7 @@ fn collect(args: &Args) -> Result<Report, String> {
     let peermem = gdrx_gpu::peermem::detect();
     let gpus = GpuSection::new(gdrx_gpu::probe_gpus());
     let paths = report::paths(&rdma, &gpus, peermem.as_ref(), &policies);
+    let affinity = report::affinity(&rdma, &gpus);
     let mut r = Report {
         doctor: Doctor::new(&policies),
         system,
@@ -76,9 +77,11 @@ fn collect(args: &Args) -> Result<Report, String> {
         peermem,
         gpus,
         paths,
+        affinity,
         summary: Vec::new(),
+        findings: Vec::new(),
     };
-    r.summary = summary::summarize(&r);
+    r.summarize();
     Ok(r)
 }
 

@@ -6,8 +6,9 @@
 //! the GPU probe's, and is unit-tested on made-up facts; [`crate::summary`] reads it.
 
 use std::io;
+use std::path::Path;
 
-use gdrx_core::{Device, DeviceKind, DmabufSupport, PortInfo};
+use gdrx_core::{Device, DeviceKind, DmabufSupport, GidKind, PortInfo};
 use gdrx_gpu::peermem::Peermem;
 use gdrx_gpu::{GpuError, GpuPolicy, GpuProbe, PathFacts, PathPlan, Visibility};
 use serde::Serialize;
@@ -15,7 +16,9 @@ use serde::Serialize;
 use crate::system::System;
 
 /// What to say when there is no RDMA at all.
-pub const SOFT_ROCE_HINT: &str = "for soft-RoCE run deploy/testbed.sh (VM) or deploy/rxe-setup.sh";
+pub const SOFT_ROCE_HINT: &str = "for soft-RoCE on an Ethernet interface: `modprobe rdma_rxe` and \
+     `rdma link add rxe0 type rxe netdev IFACE` (in gdrx's repository deploy/rxe-host.sh does \
+     this, and deploy/testbed.sh brings up a VM with it)";
 
 /// Everything `gdrx-doctor` found.
 #[derive(Debug, Serialize)]
@@ -32,8 +35,20 @@ pub struct Report {
     pub gpus: GpuSection,
     /// One row per (RDMA device, GPU, policy).
     pub paths: Vec<PathRow>,
-    /// The findings, each with what to do.
+    /// The PCIe distance between each RDMA device and each GPU.
+    pub affinity: Vec<Affinity>,
+    /// The findings, each with what to do (the `text` of `findings`).
     pub summary: Vec<String>,
+    /// The same findings with a stable machine-readable code each.
+    pub findings: Vec<crate::summary::Finding>,
+}
+
+impl Report {
+    /// Fills `summary` and `findings` from the rest of the report.
+    pub fn summarize(&mut self) {
+        self.findings = crate::summary::summarize(self);
+        self.summary = self.findings.iter().map(|f| f.text.clone()).collect();
+    }
 }
 
 /// The doctor's own build and options.
@@ -132,6 +147,14 @@ pub struct RdmaDev {
     pub kind_text: Option<String>,
     /// True for a hardware NIC.
     pub hardware: Option<bool>,
+    /// Node GUID (`ibv_devinfo`'s node_guid), from sysfs.
+    pub node_guid: Option<String>,
+    /// Firmware version, from sysfs (software devices report their own).
+    pub firmware: Option<String>,
+    /// PCI address of the NIC; `null` for a software device (rxe, siw), which has none.
+    pub pci_address: Option<String>,
+    /// NUMA node of the NIC's PCI device; `null` when there is none or the kernel does not say.
+    pub numa_node: Option<u32>,
     /// Why it could not be opened.
     pub error: Option<String>,
     /// Its ports.
@@ -154,6 +177,10 @@ impl RdmaDev {
             kind: None,
             kind_text: None,
             hardware: None,
+            node_guid: sysfs(name, "node_guid"),
+            firmware: sysfs(name, "fw_ver"),
+            pci_address: pci_address(name),
+            numa_node: sysfs(name, "device/numa_node").and_then(|n| n.parse().ok()),
             error: None,
             ports: Vec::new(),
             ports_error: None,
@@ -173,7 +200,13 @@ impl RdmaDev {
         d.kind_text = Some(kind_text(kind));
         d.hardware = Some(kind == DeviceKind::Hardware);
         match dev.capabilities() {
-            Ok(c) => d.ports = c.ports.iter().map(Port::from).collect(),
+            Ok(c) => {
+                d.ports = c
+                    .ports
+                    .iter()
+                    .map(|p| Port::from(p).with_rate(name))
+                    .collect();
+            }
             Err(e) => d.ports_error = Some(e.to_string()),
         }
         match dev.alloc_pd() {
@@ -220,6 +253,53 @@ pub struct Port {
     pub netdev: Option<String>,
     /// The address of the RoCE v2 GID gdrx would use.
     pub roce_v2_ip: Option<String>,
+    /// The index of that GID (perftest's `-x`).
+    pub roce_v2_gid_index: Option<u32>,
+    /// Link rate, as sysfs words it (`100 Gb/sec (4X EDR)`).
+    pub rate: Option<String>,
+    /// The populated GID table.
+    pub gids: Vec<GidJson>,
+}
+
+/// One GID table entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GidJson {
+    /// Its index (perftest's `-x`, `gdrx-bench -x`).
+    pub index: u32,
+    /// The GID as an IPv6 address.
+    pub gid: String,
+    /// The IP address it stands for (IPv4 for mapped GIDs).
+    pub ip: String,
+    /// `RoCE v2`, `RoCE v1` or `IB`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Its network interface, when it has one.
+    pub netdev: Option<String>,
+}
+
+impl Port {
+    fn with_rate(mut self, dev: &str) -> Port {
+        self.rate = sysfs(dev, &format!("ports/{}/rate", self.port));
+        self
+    }
+}
+
+/// A trimmed sysfs attribute of RDMA device `dev`, when it exists and is not empty.
+fn sysfs(dev: &str, attr: &str) -> Option<String> {
+    let v = std::fs::read_to_string(format!("/sys/class/infiniband/{dev}/{attr}")).ok()?;
+    let v = v.trim();
+    (!v.is_empty()).then(|| v.to_owned())
+}
+
+/// The PCI address a device's sysfs `device` link leads to, for a device on a PCI bus.
+fn pci_address(dev: &str) -> Option<String> {
+    let target = std::fs::canonicalize(format!("/sys/class/infiniband/{dev}/device")).ok()?;
+    let under_pci = target
+        .components()
+        .any(|c| c.as_os_str().to_str().is_some_and(|s| s.starts_with("pci")));
+    under_pci
+        .then(|| target.file_name()?.to_str().map(str::to_owned))
+        .flatten()
 }
 
 impl From<&PortInfo> for Port {
@@ -231,6 +311,23 @@ impl From<&PortInfo> for Port {
             link_layer: p.link_layer,
             netdev: p.gids.iter().find_map(|g| g.netdev.clone()),
             roce_v2_ip: p.select_roce_v2_gid(None).map(|g| g.ip().to_string()),
+            roce_v2_gid_index: p.select_roce_v2_gid(None).map(|g| g.index),
+            rate: None,
+            gids: p
+                .gids
+                .iter()
+                .map(|g| GidJson {
+                    index: g.index,
+                    gid: g.gid.to_string(),
+                    ip: g.ip().to_string(),
+                    kind: match g.kind {
+                        GidKind::RoceV2 => "RoCE v2",
+                        GidKind::RoceV1 => "RoCE v1",
+                        GidKind::InfiniBand => "IB",
+                    },
+                    netdev: g.netdev.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -262,25 +359,13 @@ impl From<&DmabufSupport> for DmabufJson {
     }
 }
 
-/// The symbolic name of the errnos the probes return (`EOPNOTSUPP`), else `errno N`.
+/// The symbolic name of an errno (`EOPNOTSUPP`), `none` for 0, else `errno N`.
 pub fn errno_name(e: i32) -> String {
-    let name = match e {
-        0 => "none",
-        libc::EPERM => "EPERM",
-        libc::ENOENT => "ENOENT",
-        libc::EIO => "EIO",
-        libc::EBADF => "EBADF",
-        libc::ENOMEM => "ENOMEM",
-        libc::EACCES => "EACCES",
-        libc::EFAULT => "EFAULT",
-        libc::ENODEV => "ENODEV",
-        libc::EINVAL => "EINVAL",
-        libc::ENOSYS => "ENOSYS",
-        libc::EPROTONOSUPPORT => "EPROTONOSUPPORT",
-        libc::EOPNOTSUPP => "EOPNOTSUPP",
-        _ => return format!("errno {e}"),
-    };
-    name.to_owned()
+    match nix::errno::Errno::from_raw(e) {
+        _ if e == 0 => "none".to_owned(),
+        nix::errno::Errno::UnknownErrno => format!("errno {e}"),
+        known => format!("{known:?}"),
+    }
 }
 
 /// The GPUs.
@@ -320,6 +405,94 @@ impl GpuSection {
             },
         }
     }
+}
+
+/// How far apart an RDMA device and a GPU sit on PCIe, in `nvidia-smi topo -m`'s terms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Affinity {
+    /// The RDMA device.
+    pub nic: String,
+    /// The GPU (`cuda:0`).
+    pub gpu: String,
+    /// `PIX` (one PCIe switch between them), `PXB` (several switches, no host bridge), `PHB`
+    /// (through a host bridge), `NODE` (through the interconnect between host bridges of one
+    /// NUMA node), `SYS` (across NUMA nodes), or `n/a` (a software device, or no PCI path).
+    pub distance: &'static str,
+    /// The same in words, with what it means for GPUDirect RDMA.
+    pub text: String,
+}
+
+/// Classifies the PCIe distance between two devices from their sysfs paths
+/// (`/sys/devices/pci0000:00/0000:00:01.0/0000:01:00.0`), and their NUMA nodes.
+pub fn pcie_distance(a: &Path, b: &Path, numa: (Option<u32>, Option<u32>)) -> &'static str {
+    let chain = |p: &Path| -> Vec<String> {
+        p.components()
+            .filter_map(|c| c.as_os_str().to_str().map(str::to_owned))
+            .skip_while(|c| !c.starts_with("pci"))
+            .collect()
+    };
+    let (a, b) = (chain(a), chain(b));
+    let (Some(ra), Some(rb)) = (a.first(), b.first()) else {
+        return "n/a";
+    };
+    if ra != rb {
+        return match numa {
+            (Some(x), Some(y)) if x != y => "SYS",
+            (Some(_), Some(_)) => "NODE",
+            _ => "SYS",
+        };
+    }
+    // Bridges both paths go through below the host bridge (the endpoints themselves excluded).
+    let (ba, bb) = (
+        &a[1..a.len().saturating_sub(1)],
+        &b[1..b.len().saturating_sub(1)],
+    );
+    let shared = ba.iter().zip(bb).take_while(|(x, y)| x == y).count();
+    if shared == 0 {
+        "PHB"
+    } else if ba.len() - shared + bb.len() - shared <= 2 {
+        "PIX"
+    } else {
+        "PXB"
+    }
+}
+
+/// The words for a distance.
+pub fn distance_text(d: &str) -> &'static str {
+    match d {
+        "PIX" => "one PCIe switch apart: the best case for GPUDirect RDMA",
+        "PXB" => "several PCIe switches apart, no host bridge: good for GPUDirect RDMA",
+        "PHB" => "through the CPU's host bridge: GPUDirect RDMA works, slower; prefer a NIC under the GPU's switch",
+        "NODE" => "across host bridges of one NUMA node: GPUDirect RDMA is slow here; pick a closer NIC",
+        "SYS" => "across NUMA nodes: avoid GPUDirect RDMA between these two; use a NIC on the GPU's node",
+        _ => "no PCIe path (a software device such as rxe, or sysfs does not say)",
+    }
+}
+
+/// The distance of every (RDMA device, GPU) pair.
+pub fn affinity(rdma: &RdmaSection, gpus: &GpuSection) -> Vec<Affinity> {
+    let mut out = Vec::new();
+    for d in &rdma.devices {
+        let nic = std::fs::canonicalize(format!("/sys/class/infiniband/{}/device", d.name)).ok();
+        for g in &gpus.devices {
+            let bdf = g.info.pci_bus_id.to_ascii_lowercase();
+            let gpu = std::fs::canonicalize(format!("/sys/bus/pci/devices/{bdf}")).ok();
+            let gnuma = std::fs::read_to_string(format!("/sys/bus/pci/devices/{bdf}/numa_node"))
+                .ok()
+                .and_then(|n| n.trim().parse().ok());
+            let distance = match (&nic, &gpu, d.pci_address.is_some()) {
+                (Some(n), Some(g), true) => pcie_distance(n, g, (d.numa_node, gnuma)),
+                _ => "n/a",
+            };
+            out.push(Affinity {
+                nic: d.name.clone(),
+                gpu: format!("cuda:{}", g.info.ordinal),
+                distance,
+                text: distance_text(distance).to_owned(),
+            });
+        }
+    }
+    out
 }
 
 /// One (RDMA device, GPU, policy) decision.
@@ -402,11 +575,42 @@ pub fn write_json(r: &Report, mut out: impl io::Write) -> io::Result<()> {
 
 #[cfg(test)]
 pub mod tests {
+
     //! Fixtures (shared with the summary's and the text's tests) and tests of the probes' data.
 
     use super::*;
     use crate::system::{HugePool, Memlock, ProviderFacts, RdmaKernel};
     use gdrx_gpu::GpuInfo;
+
+    #[test]
+    fn pcie_distances_are_classified_as_nvidia_smi_topo_does() {
+        use std::path::Path;
+        let p = |s: &str| Path::new(s).to_path_buf();
+        let gpu = p("/sys/devices/pci0000:16/0000:16:01.0/0000:17:00.0/0000:18:00.0/0000:19:00.0");
+        // Under the same switch port.
+        let pix = p("/sys/devices/pci0000:16/0000:16:01.0/0000:17:00.0/0000:18:00.0/0000:1a:00.0");
+        assert_eq!(pcie_distance(&pix, &gpu, (Some(0), Some(0))), "PIX");
+        // The same switch, another downstream port: still one switch.
+        let pix2 = p("/sys/devices/pci0000:16/0000:16:01.0/0000:17:00.0/0000:18:01.0/0000:1b:00.0");
+        assert_eq!(pcie_distance(&pix2, &gpu, (Some(0), Some(0))), "PIX");
+        // A second switch below that port.
+        let pxb = p("/sys/devices/pci0000:16/0000:16:01.0/0000:17:00.0/0000:18:01.0/0000:1c:00.0/0000:1d:00.0/0000:1e:00.0");
+        assert_eq!(pcie_distance(&pxb, &gpu, (Some(0), Some(0))), "PXB");
+        // Only the host bridge in common.
+        let phb = p("/sys/devices/pci0000:16/0000:16:02.0/0000:30:00.0");
+        assert_eq!(pcie_distance(&phb, &gpu, (Some(0), Some(0))), "PHB");
+        // Other host bridges: the same NUMA node, or not.
+        let other = p("/sys/devices/pci0000:80/0000:80:01.0/0000:81:00.0");
+        assert_eq!(pcie_distance(&other, &gpu, (Some(0), Some(0))), "NODE");
+        assert_eq!(pcie_distance(&other, &gpu, (Some(1), Some(0))), "SYS");
+        // A software device has no PCI path.
+        assert_eq!(
+            pcie_distance(&p("/sys/devices/virtual/net/veth0"), &gpu, (None, Some(0))),
+            "n/a"
+        );
+        assert!(distance_text("PIX").contains("best case"));
+        assert!(distance_text("n/a").contains("software"));
+    }
 
     pub fn system() -> System {
         System {
@@ -459,6 +663,10 @@ pub mod tests {
             kind: Some(kind_id(DeviceKind::SoftRoce)),
             kind_text: Some(kind_text(DeviceKind::SoftRoce)),
             hardware: Some(false),
+            node_guid: Some("2c2a:16ff:fe2e:3b06".into()),
+            firmware: None,
+            pci_address: None,
+            numa_node: None,
             error: None,
             ports: vec![Port {
                 port: 1,
@@ -467,6 +675,24 @@ pub mod tests {
                 link_layer: "Ethernet",
                 netdev: Some("veth0".into()),
                 roce_v2_ip: Some("10.77.0.1".into()),
+                roce_v2_gid_index: Some(1),
+                rate: Some("10 Gb/sec (1X QDR)".into()),
+                gids: vec![
+                    GidJson {
+                        index: 0,
+                        gid: "fe80::2c2a:16ff:fe2e:3b06".into(),
+                        ip: "fe80::2c2a:16ff:fe2e:3b06".into(),
+                        kind: "RoCE v2",
+                        netdev: Some("veth0".into()),
+                    },
+                    GidJson {
+                        index: 1,
+                        gid: "::ffff:10.77.0.1".into(),
+                        ip: "10.77.0.1".into(),
+                        kind: "RoCE v2",
+                        netdev: Some("veth0".into()),
+                    },
+                ],
             }],
             ports_error: None,
             dmabuf: Some(DmabufJson::from(&s)),
@@ -496,6 +722,7 @@ pub mod tests {
 
     pub fn report(rdma: RdmaSection, gpus: GpuSection, policies: &[GpuPolicy]) -> Report {
         let paths = paths(&rdma, &gpus, None, policies);
+        let affinity = affinity(&rdma, &gpus);
         let mut r = Report {
             doctor: Doctor::new(policies),
             system: system(),
@@ -503,9 +730,11 @@ pub mod tests {
             peermem: None,
             gpus,
             paths,
+            affinity,
             summary: Vec::new(),
+            findings: Vec::new(),
         };
-        r.summary = crate::summary::summarize(&r);
+        r.summarize();
         r
     }
 

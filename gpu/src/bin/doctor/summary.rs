@@ -5,8 +5,27 @@ use gdrx_gpu::{GpuPath, GpuPolicy, Visibility};
 
 use crate::report::{Report, SOFT_ROCE_HINT};
 
+/// One finding: a stable machine-readable code and the prose, which says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Finding {
+    /// What kind of finding (`no-rdma`, `no-gpu-pool`, `gpu-path`, `memlock-low`, ...): stable
+    /// across releases, for scripts.
+    pub code: &'static str,
+    /// The finding in words, with what to do.
+    pub text: String,
+}
+
+impl Finding {
+    fn new(code: &'static str, text: impl Into<String>) -> Finding {
+        Finding {
+            code,
+            text: text.into(),
+        }
+    }
+}
+
 /// The findings, most important first, each saying what to do.
-pub fn summarize(r: &Report) -> Vec<String> {
+pub fn summarize(r: &Report) -> Vec<Finding> {
     let mut s = Vec::new();
     // The kernel's own verdict only where it is conclusive: the NoRdma text has the hints.
     let no_rxe = if r.system.rdma_kernel.rxe_available == Some(false) {
@@ -16,30 +35,46 @@ pub fn summarize(r: &Report) -> Vec<String> {
     };
     if !r.rdma.ok {
         // The typed error already says what to do.
-        s.push(format!(
-            "no RDMA: {}{no_rxe}",
-            r.rdma.error.as_deref().unwrap_or("unknown error")
+        s.push(Finding::new(
+            "no-rdma",
+            format!(
+                "no RDMA: {}{no_rxe}",
+                r.rdma.error.as_deref().unwrap_or("unknown error")
+            ),
         ));
     } else if r.rdma.devices.is_empty() {
-        s.push(format!(
-            "no RDMA device: libibverbs loaded but lists none; {SOFT_ROCE_HINT}{no_rxe}"
+        s.push(Finding::new(
+            "no-rdma-device",
+            format!("no RDMA device: libibverbs loaded but lists none; {SOFT_ROCE_HINT}{no_rxe}"),
         ));
     }
     for d in &r.rdma.devices {
         if let Some(e) = &d.error {
-            s.push(format!("{}: {e}", d.name));
+            s.push(Finding::new(
+                "rdma-device-error",
+                format!("{}: {e}", d.name),
+            ));
             continue;
         }
         let kind = d.kind_text.as_deref().unwrap_or("unknown kind");
         match (&d.dmabuf, &d.dmabuf_error) {
-            (Some(m), _) => s.push(format!("{}: {kind}; dma-buf MRs {}", d.name, m.text)),
-            (None, Some(e)) => s.push(format!("{}: {kind}; {e}", d.name)),
-            (None, None) => s.push(format!("{}: {kind}", d.name)),
+            (Some(m), _) => s.push(Finding::new(
+                "rdma-device",
+                format!("{}: {kind}; dma-buf MRs {}", d.name, m.text),
+            )),
+            (None, Some(e)) => s.push(Finding::new(
+                "rdma-device",
+                format!("{}: {kind}; {e}", d.name),
+            )),
+            (None, None) => s.push(Finding::new("rdma-device", format!("{}: {kind}", d.name))),
         }
         if let Some(p) = d.ports.iter().find(|p| p.state != "ACTIVE") {
-            s.push(format!(
-                "{} port {} is {}: no connection can be made through it until the link is up",
-                d.name, p.port, p.state
+            s.push(Finding::new(
+                "port-down",
+                format!(
+                    "{} port {} is {}: no connection can be made through it until the link is up",
+                    d.name, p.port, p.state
+                ),
             ));
         }
     }
@@ -55,21 +90,30 @@ pub fn summarize(r: &Report) -> Vec<String> {
     if !r.gpus.ok {
         let err = r.gpus.error.as_deref().unwrap_or("unknown error");
         if nics.is_empty() {
-            s.push(format!(
+            s.push(Finding::new(
+                "no-gpu-pool",
+                format!(
                 "a GPU pool cannot be built here: {err}. No pool of any kind can be built until \
                  there is an RDMA device ({providers} memory is ready)"
+            ),
             ));
         } else {
-            s.push(format!(
-                "a GPU pool cannot be built here: {err}; {providers} pools work (on {})",
-                nics.join(", ")
+            s.push(Finding::new(
+                "no-gpu-pool",
+                format!(
+                    "a GPU pool cannot be built here: {err}; {providers} pools work (on {})",
+                    nics.join(", ")
+                ),
             ));
         }
     } else if nics.is_empty() {
-        s.push(format!(
+        s.push(Finding::new(
+            "no-gpu-pool",
+            format!(
             "a GPU pool cannot be built here: no usable RDMA device, so no path into {} GPU(s) \
              (see above)",
             r.gpus.devices.len()
+        ),
         ));
     } else {
         let policy = r.doctor.summary_policy;
@@ -85,14 +129,20 @@ pub fn summarize(r: &Report) -> Vec<String> {
             );
             match (&row.plan, &row.refused) {
                 (Some(p), _) => {
-                    s.push(format!("{what} takes {}", p.path));
+                    s.push(Finding::new("gpu-path", format!("{what} takes {}", p.path)));
                     if let Some(Visibility::NotGuaranteed(why)) = &row.visibility_rule {
-                        s.push(format!("{what}: visibility NOT guaranteed: {why}"));
+                        s.push(Finding::new(
+                            "gpu-visibility-not-guaranteed",
+                            format!("{what}: visibility NOT guaranteed: {why}"),
+                        ));
                     }
                 }
-                (None, refused) => s.push(format!(
-                    "{what} cannot be built: {}",
-                    refused.as_deref().unwrap_or_default().join("; ")
+                (None, refused) => s.push(Finding::new(
+                    "gpu-path-refused",
+                    format!(
+                        "{what} cannot be built: {}",
+                        refused.as_deref().unwrap_or_default().join("; ")
+                    ),
                 )),
             }
         }
@@ -102,9 +152,12 @@ pub fn summarize(r: &Report) -> Vec<String> {
             .iter()
             .any(|p| p.policy == policy.name() && p.path != Some(GpuPath::Dmabuf.name()));
         if any_hw && any_zero_copy_lost && r.peermem.is_none() {
-            s.push(format!(
-                "without dma-buf MRs, zero copy needs nvidia-peermem: {}",
-                peermem::HINT
+            s.push(Finding::new(
+                "peermem-missing",
+                format!(
+                    "without dma-buf MRs, zero copy needs nvidia-peermem: {}",
+                    peermem::HINT
+                ),
             ));
         }
     }
@@ -113,20 +166,24 @@ pub fn summarize(r: &Report) -> Vec<String> {
         &r.system.memlock.warning,
         r.system.memlock.limits_this_process,
     ) {
-        s.push(w.clone());
+        s.push(Finding::new("memlock-low", w.clone()));
     }
     if r.system.hugepages.iter().all(|p| p.nr.unwrap_or(0) == 0) {
-        s.push(
+        s.push(Finding::new(
+            "no-hugepages",
             "no huge pages reserved: hugepage pools fall back to transparent huge pages or base \
              pages; reserve 2 MiB pages with `echo 64 > /proc/sys/vm/nr_hugepages`"
                 .to_owned(),
-        );
+        ));
     }
     for p in r.system.providers.iter().filter(|p| !p.usable) {
-        s.push(format!(
-            "{} pools cannot be built: {}",
-            p.provider,
-            p.blockers.join("; ")
+        s.push(Finding::new(
+            "provider-unusable",
+            format!(
+                "{} pools cannot be built: {}",
+                p.provider,
+                p.blockers.join("; ")
+            ),
         ));
     }
     s
@@ -148,6 +205,20 @@ mod tests {
             &GpuPolicy::ALL,
         );
         assert!(r.paths.is_empty());
+        let codes: Vec<&str> = r.findings.iter().map(|f| f.code).collect();
+        assert!(
+            codes.contains(&"rdma-device")
+                && codes.contains(&"no-gpu-pool")
+                && codes.contains(&"provider-unusable"),
+            "{codes:?}"
+        );
+        assert_eq!(
+            r.summary,
+            r.findings
+                .iter()
+                .map(|f| f.text.clone())
+                .collect::<Vec<_>>()
+        );
         let all = r.summary.join("\n");
         assert!(
             all.contains("rxe0: soft-RoCE (rxe), software; dma-buf MRs unsupported"),

@@ -320,15 +320,16 @@ impl RdmaKernel {
             return None;
         }
         Some(match self.rxe_available {
-            Some(true) => "`modprobe rdma_rxe ib_uverbs`, then `deploy/rxe-setup.sh up` (or \
-                           `rdma link add rxe0 type rxe netdev IFACE`)"
+            Some(true) => "`modprobe rdma_rxe ib_uverbs`, then `rdma link add rxe0 type rxe \
+                           netdev IFACE` (in gdrx's repository: deploy/rxe-host.sh up IFACE)"
                 .into(),
-            Some(false) => "this kernel ships no rdma_rxe (built without CONFIG_RDMA_RXE): run \
-                            inside the soft-RoCE VM, deploy/testbed.sh"
+            Some(false) => "this kernel ships no rdma_rxe (built without CONFIG_RDMA_RXE): use \
+                            a kernel that has it (Debian's does), or a VM with one (in gdrx's \
+                            repository: deploy/testbed.sh)"
                 .into(),
             None => "no module list for this kernel, so it cannot be told whether it has \
-                     rdma_rxe: try `modprobe rdma_rxe`, else run inside the soft-RoCE VM, \
-                     deploy/testbed.sh"
+                     rdma_rxe: try `modprobe rdma_rxe`, else use a VM with a kernel that has \
+                     it (in gdrx's repository: deploy/testbed.sh)"
                 .into(),
         })
     }

@@ -27,6 +27,7 @@ pub fn render(r: &Report) -> String {
     peermem(&mut o, r);
     gpus(&mut o, r);
     paths(&mut o, r);
+    affinity(&mut o, r);
     let _ = writeln!(o, "\nSummary");
     for s in &r.summary {
         o.push_str(&wrap(s, "  - ", "    ", WIDTH));
@@ -159,21 +160,53 @@ fn rdma(o: &mut String, r: &Report) {
             d.name,
             d.kind_text.as_deref().unwrap_or("unknown kind")
         );
+        let ids = format!(
+            "GUID {}, firmware {}, PCI {}, NUMA node {}",
+            d.node_guid.as_deref().unwrap_or("unknown"),
+            d.firmware.as_deref().unwrap_or("not reported"),
+            d.pci_address
+                .as_deref()
+                .unwrap_or(if d.hardware == Some(false) {
+                    "none (software device)"
+                } else {
+                    "unknown"
+                }),
+            d.numa_node
+                .map_or_else(|| "not reported".to_owned(), |n| n.to_string())
+        );
+        o.push_str(&wrap(&ids, "    ", "      ", WIDTH));
         for p in &d.ports {
-            let _ = writeln!(
-                o,
-                "    port {}: {}, MTU {}, {}{}{}",
+            let line = format!(
+                "port {}: {}, MTU {}, {}{}{}{}",
                 p.port,
                 p.state,
                 p.active_mtu,
                 p.link_layer,
+                p.rate
+                    .as_deref()
+                    .map_or_else(String::new, |r| format!(", {r}")),
                 p.netdev
                     .as_deref()
                     .map_or_else(String::new, |n| format!(", netdev {n}")),
-                p.roce_v2_ip
-                    .as_deref()
-                    .map_or_else(String::new, |ip| format!(", RoCE v2 GID for {ip}"))
+                match (&p.roce_v2_ip, p.roce_v2_gid_index) {
+                    (Some(ip), Some(x)) => format!(", RoCE v2 GID for {ip} (index {x}, -x {x})"),
+                    _ => String::new(),
+                }
             );
+            o.push_str(&wrap(&line, "    ", "      ", WIDTH));
+            if !p.gids.is_empty() {
+                let gids: Vec<String> = p
+                    .gids
+                    .iter()
+                    .map(|g| format!("{} {} {}", g.index, g.ip, g.kind))
+                    .collect();
+                o.push_str(&wrap(
+                    &format!("GIDs: {}", gids.join("; ")),
+                    "      ",
+                    "        ",
+                    WIDTH,
+                ));
+            }
         }
         if let Some(e) = &d.ports_error {
             let _ = writeln!(o, "    ports: {e}");
@@ -254,6 +287,24 @@ fn gpus(o: &mut String, r: &Report) {
             i.rdma_flush_options,
             human(i.granularity as u64)
         );
+    }
+}
+
+fn affinity(o: &mut String, r: &Report) {
+    if r.affinity.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "\nGPU-NIC affinity (PCIe distance, as nvidia-smi topo -m names it)"
+    );
+    for a in &r.affinity {
+        o.push_str(&wrap(
+            &format!("{} <-> {}: {}, {}", a.nic, a.gpu, a.distance, a.text),
+            "  ",
+            "    ",
+            WIDTH,
+        ));
     }
 }
 
@@ -360,7 +411,12 @@ mod tests {
         for needle in [
             "gdrx-doctor 0.1.0 (with CUDA support)",
             "rxe0: soft-RoCE (rxe), software",
-            "port 1: ACTIVE, MTU 4096, Ethernet, netdev veth0, RoCE v2 GID for 10.77.0.1",
+            "GUID 2c2a:16ff:fe2e:3b06, firmware not reported, PCI none (software device), NUMA node",
+            "port 1: ACTIVE, MTU 4096, Ethernet, 10 Gb/sec (1X QDR), netdev veth0, RoCE v2 GID for 10.77.0.1",
+            "(index 1, -x 1)",
+            "GIDs: 0 fe80::2c2a:16ff:fe2e:3b06 RoCE v2; 1 10.77.0.1 RoCE v2",
+            "GPU-NIC affinity",
+            "rxe0 <-> cuda:0: n/a, no PCIe path (a software device",
             "dma-buf MRs: unsupported",
             "[EOPNOTSUPP]",
             "cuda:0 NVIDIA H200 (0000:19:00.0), compute 9.0, 140.0 GiB, driver CUDA 13.0",
