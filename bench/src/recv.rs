@@ -112,6 +112,8 @@ impl Receiver {
     ) -> anyhow::Result<Vec<RecvRow>> {
         let mut rows = Vec::new();
         let mut failed: Vec<String> = Vec::new();
+        // Runs that ended, well or not (what --runs counts).
+        let mut served = 0usize;
         let mut held = std::collections::VecDeque::new();
         let mut header = false;
         loop {
@@ -151,9 +153,21 @@ impl Receiver {
             let run = match Run::setup(self, &spec) {
                 Ok(r) => r,
                 Err(e) => {
-                    let e = e.context(format!("setting up the {} B run", spec.size));
+                    // Within the limits and still not buildable here (memlock, huge pages,
+                    // udmabuf's size limit, no memory windows): refused with the reason. The
+                    // next sender may ask for less.
+                    let e = e.context(format!("setting up the {} B run of {peer}", spec.size));
                     let _ = req.refuse(REPLY_PREFIX, format!("receiver setup failed: {e:#}"));
-                    return Err(e);
+                    if fail_fast {
+                        return Err(e);
+                    }
+                    eprintln!("gdrx-bench server: refused a run: {e:#}");
+                    failed.push(format!("{e:#}"));
+                    served += 1;
+                    if runs.is_some_and(|n| served >= n as usize) {
+                        break;
+                    }
+                    continue;
                 }
             };
             let measured = match run.accept_and_measure(self, req, &spec, out, &mut held) {
@@ -194,11 +208,11 @@ impl Receiver {
                     failed.push(e);
                 }
             }
+            served += 1;
             if fail_fast && !failed.is_empty() {
                 break;
             }
-            let done = rows.len() + failed.len();
-            if spec.last_run || runs.is_some_and(|n| done >= n as usize) {
+            if spec.last_run || runs.is_some_and(|n| served >= n as usize) {
                 break;
             }
         }
@@ -209,14 +223,14 @@ impl Receiver {
         match failed.len() {
             0 => Ok(rows),
             1 => bail!("{}", failed[0]),
-            n => bail!(
-                "{n} of {} runs failed; the first: {}",
-                rows.len() + n,
-                failed[0]
-            ),
+            n => bail!("{n} of {served} runs failed; the first: {}", failed[0]),
         }
     }
 }
+
+/// How long a run keeps polling after every connection flagged its last message, to catch a
+/// sender that goes on sending.
+const AFTER_LAST: Duration = Duration::from_millis(200);
 
 /// Requests of other runs held while a run gathers its connections, at most.
 const MAX_HELD: usize = 16;
@@ -257,12 +271,12 @@ fn check_limits(o: &RecvOpts, spec: &RunSpec) -> Result<(), String> {
             .saturating_mul(u64::from(spec.size));
         if pool.saturating_add(window) > max {
             return Err(format!(
-                "WRITE windows of {} x ({slots} + tx depth {}) x {} B ({:.1} MiB) exceed the \
-                 {:.0} MiB limit (--max-memory-mib)",
+                "WRITE windows of {} x ({slots} + tx depth {}) x {} B ({:.0} MiB in all) exceed \
+                 the {:.0} MiB limit (--max-memory-mib)",
                 spec.qps,
                 spec.tx_depth,
                 spec.size,
-                mib(window),
+                mib(pool.saturating_add(window)),
                 mib(max)
             ));
         }
@@ -399,6 +413,13 @@ impl Run {
         let window = match spec.op {
             Op::Send => Vec::new(),
             Op::WriteImm => {
+                // Each connection's window is a type 2 memory window: say now if this device
+                // has none, rather than failing the first accept.
+                drop(
+                    rx.pd.alloc_mw().context(
+                        "WRITE_WITH_IMM runs give each connection a type 2 memory window",
+                    )?,
+                );
                 let len = window_slots * u64::from(spec.size);
                 let len = usize::try_from(len).context("window size")?;
                 (0..spec.qps)
@@ -553,7 +574,10 @@ impl Run {
         let mr = Arc::clone(mr);
         let mut mw = mr.pd().alloc_mw()?;
         let c = req.accept_with(cspec, |qp| {
-            let w = qp.bind_window(&mut mw, &mr, 0, mr.len() as u64, patience)?;
+            // The window's exact length: the sender derives its slot count from it, and the
+            // MR's length is rounded up to whole pages.
+            let len = self.window_slots * u64::from(spec.size);
+            let w = qp.bind_window(&mut mw, &mr, 0, len, patience)?;
             Ok(welcome(Some(w)))
         })?;
         self.mws.push(mw);
@@ -666,6 +690,8 @@ impl Run {
         let mut gone = vec![false; conns.len()];
         let started = Instant::now();
         let mut last_check = started;
+        // When (and at what thread CPU time) every connection had flagged its last message.
+        let mut finished: Option<(Instant, Duration)> = None;
         let mut idle_polls = 0u32;
         let result = loop {
             // One clock read per polled batch: its completions were taken at the same moment.
@@ -691,7 +717,15 @@ impl Run {
             }
             t.lent_max = t.lent_max.max(u64::from(self.pool.lent()));
             if t.finished == conns.len() {
-                break Ok(());
+                // Every connection flagged its last message. A sender that goes on sending is
+                // caught by a short grace poll (its message fails the run, above); what it sends
+                // later finds its connection closed and fails at the sender. The run's CPU time
+                // stops here.
+                let (at, _) =
+                    *finished.get_or_insert_with(|| (Instant::now(), report::thread_cpu()));
+                if t.unframed || at.elapsed() >= AFTER_LAST {
+                    break Ok(());
+                }
             }
             if n > 0 {
                 idle_polls = 0;
@@ -749,7 +783,9 @@ impl Run {
                 ));
             }
         };
-        let poll_cpu = report::thread_cpu().saturating_sub(t.cpu0);
+        let poll_cpu = finished
+            .map_or_else(report::thread_cpu, |(_, cpu)| cpu)
+            .saturating_sub(t.cpu0);
         // Stop the consumers: they drain what is queued, then report.
         t.tx = None;
         let mut outs: Vec<ConsumerOut> = consumers

@@ -249,6 +249,7 @@ impl Peak {
 /// Progress of a run on stderr. On a terminal, a bar that updates in place (indicatif), with
 /// the percentage and the time left when the run's message count is known, and the rate;
 /// otherwise, with `--progress`, a plain line once a second (a log file gets no control codes).
+#[derive(Debug)]
 pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
     lines: bool,

@@ -270,6 +270,12 @@ impl ReceiverBuilder {
     /// [`ReceiverError::NotRdmaAddress`] for an address no device has; the verbs errors of
     /// opening, binding and creating queues; the pool's refusals ([`PoolError`]).
     pub fn build(self) -> Result<Receiver> {
+        if self.handshake_timeout.is_zero() {
+            return Err(gdrx_verbs::Error::InvalidConfig(
+                "handshake_timeout must be positive: accepting a sender takes a round trip".into(),
+            )
+            .into());
+        }
         let (addr, opened) = match &self.bind {
             Bind::Addr(a) => (*a, None),
             Bind::Device(name, port) => {

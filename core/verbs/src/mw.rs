@@ -5,11 +5,13 @@
 //! one MR registers it *without* remote access and binds a [`MemoryWindow`] per connection
 //! instead ([`QueuePair::bind_window`]): the window's rkey covers only that connection's range,
 //! and only that connection's QP may use it (IBTA type 2 windows are bound to a QP). A write
-//! with another connection's rkey, or outside the range, fails at the sender with a remote
-//! access error, and nothing is written.
+//! with another connection's rkey fails at the sender with a remote access error, and nothing
+//! is written. A write outside the window's range fails the same way on hardware; soft-RoCE
+//! (rxe, Linux 6.12) checks a window's accesses against its MR's range only, so a receiver that
+//! must be strict there registers an MR per peer and binds each window over a whole MR.
 //!
-//! A [`MemoryWindow`] deallocates on drop, before it releases the MR it is bound to (an MR
-//! with bound windows cannot be deregistered).
+//! A [`MemoryWindow`] deallocates on drop, before it releases the MR and the QP it is bound to
+//! (an MR with bound windows cannot be deregistered, and a bound type 2 window holds its QP).
 
 use std::fmt;
 use std::ptr::NonNull;
@@ -32,7 +34,11 @@ pub struct MemoryWindow {
     raw: NonNull<ibv_mw>,
     // Dropped after Drop::drop deallocated the window.
     pd: Arc<Pd>,
-    bound: Option<(Arc<Mr>, gdrx_wire::RemoteWindow)>,
+    /// The MR and QP of a bind that was posted (whether or not it succeeded): kept until the
+    /// window is deallocated.
+    holds: Option<(Arc<Mr>, Arc<QueuePair>)>,
+    /// The window, once a bind completed successfully.
+    bound: Option<gdrx_wire::RemoteWindow>,
 }
 
 // SAFETY: the window is only read through `raw` in Drop and in bind_window (which takes it by
@@ -45,7 +51,7 @@ impl fmt::Debug for MemoryWindow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryWindow")
             .field("device", &self.pd.device().name())
-            .field("window", &self.bound.as_ref().map(|(_, w)| w))
+            .field("window", &self.bound)
             .finish()
     }
 }
@@ -62,6 +68,7 @@ impl Pd {
             Some(raw) => Ok(MemoryWindow {
                 raw,
                 pd: Arc::clone(self),
+                holds: None,
                 bound: None,
             }),
             None => {
@@ -84,7 +91,7 @@ impl Pd {
 impl MemoryWindow {
     /// The window it is bound to, once [`QueuePair::bind_window`] succeeded.
     pub fn window(&self) -> Option<gdrx_wire::RemoteWindow> {
-        self.bound.as_ref().map(|(_, w)| *w)
+        self.bound
     }
 }
 
@@ -110,6 +117,8 @@ impl QueuePair {
     /// accepting, so the window is valid before the peer can write (see
     /// [`crate::ConnectRequest::accept_with`]). `mr` needs [`Access::MW_BIND`] and LOCAL_WRITE,
     /// and should not itself have REMOTE_WRITE, or its own rkey would open the whole region.
+    /// `mw` keeps the MR and this QP alive until it is dropped. On soft-RoCE the range is not
+    /// enforced beyond the MR's (see the module docs).
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for a range outside `mr`, a window already bound, or an MR
@@ -117,16 +126,18 @@ impl QueuePair {
     /// [`Error::Timeout`]; [`Error::InvalidConfig`] when the send CQ delivers a completion that
     /// is not the bind's (bind before anything else is sent on that CQ).
     pub fn bind_window(
-        &self,
+        self: &Arc<Self>,
         mw: &mut MemoryWindow,
         mr: &Arc<Mr>,
         offset: u64,
         len: u64,
         timeout: Duration,
     ) -> Result<gdrx_wire::RemoteWindow> {
-        if mw.bound.is_some() {
+        if mw.holds.is_some() {
             return Err(Error::InvalidConfig(
-                "this memory window is already bound (type 2 windows are bound once)".into(),
+                "a bind was already posted on this memory window (type 2 windows are bound \
+                 once; allocate another)"
+                    .into(),
             ));
         }
         if !mr.access().contains(Access::MW_BIND | Access::LOCAL_WRITE) {
@@ -165,9 +176,12 @@ impl QueuePair {
             },
         };
         let mut bad: *mut ibv_send_wr = std::ptr::null_mut();
-        // SAFETY: a live QP, one well-formed work request without SGEs; the MW and the MR are
-        // kept alive by `mw` (it holds the MR's Arc once bound, set below before it can be
-        // dropped) for as long as the binding exists.
+        // From here the MR and this QP must outlive the window, whatever happens to the bind.
+        mw.holds = Some((Arc::clone(mr), Arc::clone(self)));
+        // SAFETY: this live QP, one well-formed work request without SGEs naming the live
+        // window `mw` and the live MR `mr`; `mw` holds Arcs of both the MR and this QP (set
+        // above), and deallocates itself before releasing them, so the binding never outlives
+        // either.
         let ret = unsafe { rdma_mummy_sys::ibv_post_send(self.raw_ptr(), &mut wr, &mut bad) };
         if ret != 0 {
             return Err(Error::verb_ret(
@@ -177,8 +191,6 @@ impl QueuePair {
             ));
         }
         let window = gdrx_wire::RemoteWindow { addr, len, rkey };
-        // From here the MR must outlive the window, whatever happens to the bind.
-        mw.bound = Some((Arc::clone(mr), window));
         let deadline = Instant::now() + timeout;
         let mut wcs = WorkCompletion::buffer(1);
         loop {
@@ -192,6 +204,7 @@ impl QueuePair {
                     )));
                 }
                 wc.result()?;
+                mw.bound = Some(window);
                 return Ok(window);
             }
             if Instant::now() >= deadline {

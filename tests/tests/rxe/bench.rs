@@ -751,9 +751,7 @@ fn rogue_sender(port: u16, iters: u64, count: u32, last_at: Option<u32>) -> anyh
 #[test]
 #[ignore = "needs an rxe device: run through deploy/testbed.sh"]
 fn bench_server_fails_a_run_whose_sender_breaks_its_announced_count() {
-    // (A message after the last flag is caught while the run is open, i.e. while another
-    // connection still sends; a single connection's run closes at its last flag.)
-    let cases: [(&str, u64, u32, Option<u32>, &str); 2] = [
+    let cases: [(&str, u64, u32, Option<u32>, &str); 3] = [
         (
             "18611",
             20,
@@ -767,6 +765,13 @@ fn bench_server_fails_a_run_whose_sender_breaks_its_announced_count() {
             30,
             None,
             "sent more than the 20 messages its run descriptor announced",
+        ),
+        (
+            "18613",
+            20,
+            25,
+            Some(20),
+            "connection 0 sent a message (sequence 20) after the one it flagged as its last",
         ),
     ];
     for (port, iters, count, last_at, want) in cases {
@@ -1175,6 +1180,9 @@ fn bench_server_isolates_each_connections_write_window() {
         let (w0, w1) = (window(&c0), window(&c1));
         println!("{what}: window 0 {w0:?}, window 1 {w1:?}");
         assert_ne!(w0.rkey, w1.rkey, "a key per connection");
+        // -r 16 on 2 connections: 48 pool buffers, plus the sender's tx depth of 8: 56 slots of
+        // 64 B, exactly (the sender derives its slot count from the length).
+        assert_eq!((w0.len, w1.len), (56 * 64, 56 * 64), "{w0:?} {w1:?}");
         // The victim writes its message's payload into slot 0 of its window.
         let good = Arc::new(HostMemory::new(64).unwrap());
         // SAFETY: nothing else refers to the fresh mapping.

@@ -210,7 +210,7 @@ impl ConnectRequest {
     pub fn accept_with(
         self,
         spec: &ConnectionSpec,
-        before: impl FnOnce(&QueuePair) -> Result<Vec<u8>>,
+        before: impl FnOnce(&Arc<QueuePair>) -> Result<Vec<u8>>,
     ) -> Result<Connection> {
         spec.validate()?;
         let peer = self.peer_str();
@@ -218,7 +218,9 @@ impl ConnectRequest {
             let _ = self.reject(b"");
             return Err(e);
         }
-        let qp = spec.create_qp()?;
+        // Shared from the start: a memory window `before` binds holds the QP too, so the QP
+        // outlives the window even when this accept fails.
+        let qp = Arc::new(spec.create_qp()?);
         let ours = spec.effective_rd_atomic();
         let resp = self.initiator_depth.min(ours);
         let init = self.responder_resources.min(ours);
@@ -247,7 +249,7 @@ impl ConnectRequest {
             spec.timeout,
         )?;
         Ok(Connection {
-            qp: Arc::new(qp),
+            qp,
             id: self.id,
             channel: self.channel,
             peer: self.peer,

@@ -436,10 +436,10 @@ pub fn pcie_distance(a: &Path, b: &Path, numa: (Option<u32>, Option<u32>)) -> &'
         return "n/a";
     };
     if ra != rb {
+        // An unknown node (sysfs says -1 on machines without NUMA) is taken as the same node.
         return match numa {
             (Some(x), Some(y)) if x != y => "SYS",
-            (Some(_), Some(_)) => "NODE",
-            _ => "SYS",
+            _ => "NODE",
         };
     }
     // Bridges both paths go through below the host bridge (the endpoints themselves excluded).
@@ -603,6 +603,11 @@ pub mod tests {
         let other = p("/sys/devices/pci0000:80/0000:80:01.0/0000:81:00.0");
         assert_eq!(pcie_distance(&other, &gpu, (Some(0), Some(0))), "NODE");
         assert_eq!(pcie_distance(&other, &gpu, (Some(1), Some(0))), "SYS");
+        assert_eq!(
+            pcie_distance(&other, &gpu, (None, None)),
+            "NODE",
+            "no NUMA: one node"
+        );
         // A software device has no PCI path.
         assert_eq!(
             pcie_distance(&p("/sys/devices/virtual/net/veth0"), &gpu, (None, Some(0))),
