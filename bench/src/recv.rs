@@ -246,12 +246,7 @@ enum RunError {
 /// Checks what a run described by its client would allocate against this server's limits,
 /// before anything is allocated. The reason fits a refusal's private data.
 fn check_limits(o: &RecvOpts, spec: &RunSpec) -> Result<(), String> {
-    if spec.qps > o.max_qps {
-        return Err(format!(
-            "the run asks for {} connections; this server takes at most {} (--max-qps)",
-            spec.qps, o.max_qps
-        ));
-    }
+    check_qps(o, spec)?;
     let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
     let max = o.max_memory();
     let slots = u64::from(o.pool_slots(spec.qps));
@@ -267,7 +262,7 @@ fn check_limits(o: &RecvOpts, spec: &RunSpec) -> Result<(), String> {
     }
     if spec.op == Op::WriteImm {
         let window = u64::from(spec.qps)
-            .saturating_mul(slots + u64::from(spec.tx_depth))
+            .saturating_mul(window_slots(o, spec))
             .saturating_mul(u64::from(spec.size));
         if pool.saturating_add(window) > max {
             return Err(format!(
@@ -282,6 +277,23 @@ fn check_limits(o: &RecvOpts, spec: &RunSpec) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The connection count against `--max-qps`.
+fn check_qps(o: &RecvOpts, spec: &RunSpec) -> Result<(), String> {
+    if spec.qps > o.max_qps {
+        return Err(format!(
+            "the run asks for {} connections; this server takes at most {} (--max-qps)",
+            spec.qps, o.max_qps
+        ));
+    }
+    Ok(())
+}
+
+/// Messages in each connection's WRITE window: the pool's buffers plus the sender's tx depth
+/// (see the module docs for why that is enough).
+fn window_slots(o: &RecvOpts, spec: &RunSpec) -> u64 {
+    u64::from(o.pool_slots(spec.qps)) + u64::from(spec.tx_depth)
 }
 
 /// Checks every run `send` would start against the limits of a receiver with `recv`, as the
@@ -352,14 +364,9 @@ impl Run {
     fn setup(rx: &Receiver, spec: &RunSpec) -> anyhow::Result<Run> {
         let o = &rx.opts;
         // The connection count comes from the peer and sizes the SRQ, the CQ, the pool and the
-        // WRITE windows: bounded before anything is allocated.
-        if spec.qps > o.max_qps {
-            bail!(
-                "the run asks for {} connections; this server takes at most {} (--max-qps)",
-                spec.qps,
-                o.max_qps
-            );
-        }
+        // WRITE windows: bounded before anything is allocated (`serve` checks the memory limit
+        // too, before this; the perftest-fed server's sizes are its own flags).
+        check_qps(o, spec).map_err(|why| anyhow!("{why}"))?;
         let (depth, slots) = (o.depth(spec.qps), o.pool_slots(spec.qps));
         if slots < depth {
             bail!(
@@ -409,7 +416,7 @@ impl Run {
             .first()
             .map_or_else(|| "?".into(), |r| r.path.name().to_string());
         let page_size = report.regions.first().map_or(0, |r| r.page_size as u64);
-        let window_slots = u64::from(slots) + u64::from(spec.tx_depth);
+        let window_slots = window_slots(o, spec);
         let window = match spec.op {
             Op::Send => Vec::new(),
             Op::WriteImm => {

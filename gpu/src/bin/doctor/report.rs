@@ -6,7 +6,7 @@
 //! the GPU probe's, and is unit-tested on made-up facts; [`crate::summary`] reads it.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use gdrx_core::{Device, DeviceKind, DmabufSupport, GidKind, PortInfo};
 use gdrx_gpu::peermem::Peermem;
@@ -153,6 +153,10 @@ pub struct RdmaDev {
     pub firmware: Option<String>,
     /// PCI address of the NIC; `null` for a software device (rxe, siw), which has none.
     pub pci_address: Option<String>,
+    /// The NIC's sysfs PCI path (`/sys/devices/pci0000:00/.../0000:01:00.0`), for the
+    /// GPU-NIC affinity; `None` with `pci_address`.
+    #[serde(skip)]
+    pub pci_path: Option<PathBuf>,
     /// NUMA node of the NIC's PCI device; `null` when there is none or the kernel does not say.
     pub numa_node: Option<u32>,
     /// Why it could not be opened.
@@ -172,6 +176,7 @@ pub struct RdmaDev {
 
 impl RdmaDev {
     fn probe(name: &str) -> RdmaDev {
+        let pci_path = pci_path(name);
         let mut d = RdmaDev {
             name: name.to_owned(),
             kind: None,
@@ -179,7 +184,10 @@ impl RdmaDev {
             hardware: None,
             node_guid: sysfs(name, "node_guid"),
             firmware: sysfs(name, "fw_ver"),
-            pci_address: pci_address(name),
+            pci_address: pci_path
+                .as_deref()
+                .and_then(|p| p.file_name()?.to_str().map(str::to_owned)),
+            pci_path,
             numa_node: sysfs(name, "device/numa_node").and_then(|n| n.parse().ok()),
             error: None,
             ports: Vec::new(),
@@ -286,20 +294,23 @@ impl Port {
 
 /// A trimmed sysfs attribute of RDMA device `dev`, when it exists and is not empty.
 fn sysfs(dev: &str, attr: &str) -> Option<String> {
-    let v = std::fs::read_to_string(format!("/sys/class/infiniband/{dev}/{attr}")).ok()?;
+    read_attr(Path::new(&format!("/sys/class/infiniband/{dev}/{attr}")))
+}
+
+/// A trimmed sysfs file, when it exists and is not empty.
+fn read_attr(path: &Path) -> Option<String> {
+    let v = std::fs::read_to_string(path).ok()?;
     let v = v.trim();
     (!v.is_empty()).then(|| v.to_owned())
 }
 
-/// The PCI address a device's sysfs `device` link leads to, for a device on a PCI bus.
-fn pci_address(dev: &str) -> Option<String> {
+/// Where a device's sysfs `device` link leads, for a device on a PCI bus.
+fn pci_path(dev: &str) -> Option<PathBuf> {
     let target = std::fs::canonicalize(format!("/sys/class/infiniband/{dev}/device")).ok()?;
     let under_pci = target
         .components()
         .any(|c| c.as_os_str().to_str().is_some_and(|s| s.starts_with("pci")));
-    under_pci
-        .then(|| target.file_name()?.to_str().map(str::to_owned))
-        .flatten()
+    under_pci.then_some(target)
 }
 
 impl From<&PortInfo> for Port {
@@ -473,15 +484,13 @@ pub fn distance_text(d: &str) -> &'static str {
 pub fn affinity(rdma: &RdmaSection, gpus: &GpuSection) -> Vec<Affinity> {
     let mut out = Vec::new();
     for d in &rdma.devices {
-        let nic = std::fs::canonicalize(format!("/sys/class/infiniband/{}/device", d.name)).ok();
         for g in &gpus.devices {
             let bdf = g.info.pci_bus_id.to_ascii_lowercase();
             let gpu = std::fs::canonicalize(format!("/sys/bus/pci/devices/{bdf}")).ok();
-            let gnuma = std::fs::read_to_string(format!("/sys/bus/pci/devices/{bdf}/numa_node"))
-                .ok()
-                .and_then(|n| n.trim().parse().ok());
-            let distance = match (&nic, &gpu, d.pci_address.is_some()) {
-                (Some(n), Some(g), true) => pcie_distance(n, g, (d.numa_node, gnuma)),
+            let gnuma = read_attr(Path::new(&format!("/sys/bus/pci/devices/{bdf}/numa_node")))
+                .and_then(|n| n.parse().ok());
+            let distance = match (&d.pci_path, &gpu) {
+                (Some(n), Some(g)) => pcie_distance(n, g, (d.numa_node, gnuma)),
                 _ => "n/a",
             };
             out.push(Affinity {
@@ -671,6 +680,7 @@ pub mod tests {
             node_guid: Some("2c2a:16ff:fe2e:3b06".into()),
             firmware: None,
             pci_address: None,
+            pci_path: None,
             numa_node: None,
             error: None,
             ports: vec![Port {
