@@ -1024,7 +1024,7 @@ impl Tally {
     /// To the inline consumer, or into the batch for the consumer threads.
     fn hand_off(&mut self, h: Handoff) {
         if let Some(c) = &mut self.inline {
-            c.take(h, None);
+            drop(c.take(h, None));
         } else if let Some(tx) = &self.tx {
             if self.batch_handoff {
                 self.pending.push(h);
@@ -1135,9 +1135,10 @@ impl Consumer {
         }
     }
 
-    /// Consumes one lease; `now` is when its batch arrived (read once per batch), or `None`
-    /// to read the clock for this lease (consumers that hold leases, whose batch-mates wait).
-    fn take(&mut self, h: Handoff, now: Option<Instant>) {
+    /// Consumes one lease and hands it back to be returned; `now` is when its batch arrived
+    /// (read once per batch), or `None` to read the clock for this lease (consumers that hold
+    /// leases, whose batch-mates wait).
+    fn take(&mut self, h: Handoff, now: Option<Instant>) -> Lease {
         if self.cpu0.is_none() {
             self.cpu0 = Some(report::thread_cpu());
         }
@@ -1169,7 +1170,7 @@ impl Consumer {
                 std::hint::spin_loop();
             }
         }
-        drop(h.lease);
+        h.lease
     }
 
     fn finish(mut self) -> ConsumerOut {
@@ -1188,10 +1189,20 @@ fn consume(
 ) -> ConsumerOut {
     let mut c = Consumer::new(false, hold, verify, seed);
     let zero_hold = hold.is_zero();
+    let mut done = Vec::new();
     while let Ok(batch) = rx.recv() {
         let now = zero_hold.then(Instant::now);
-        for h in batch {
-            c.take(h, now);
+        if zero_hold {
+            // The whole batch goes back together: one claim on the recycle ring per 64
+            // leases instead of one per lease (Lease::give_back_all).
+            done.extend(batch.into_iter().map(|h| c.take(h, now)));
+            Lease::give_back_all(done.drain(..));
+        } else {
+            // Held leases go back one by one, each when its hold ends, as a real consumer's
+            // would.
+            for h in batch {
+                drop(c.take(h, None));
+            }
         }
     }
     c.finish()

@@ -545,12 +545,17 @@ pub fn run_pool(
                 }
                 st.rnr_sent = hw_counter(&env.dev, "send_rnr_err")? - s0;
                 st.rnr_received = hw_counter(&env.dev, "rcvd_rnr_err")? - r0;
+                // Every held slot goes back in one call (runs of up to 64 leases per claim on
+                // the recycle ring), which the rest of the run depends on.
+                let mut leases = Vec::with_capacity(hold_list.len());
                 for item in hold_list.drain(..) {
                     let r = verify(&item, has_imm, &mut scratch);
                     tally.record(&item, r);
                     held.release(item.lease.slot());
                     out_now.fetch_sub(1, Ordering::Relaxed);
+                    leases.push(item.lease);
                 }
+                Lease::give_back_all(leases);
                 out.stalls.push(st);
             }
         }

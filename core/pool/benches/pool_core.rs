@@ -7,8 +7,10 @@
 //! Run with `cargo bench -p gdrx-pool --bench pool_core` (about a minute). Consumers:
 //! - inline: the polling thread returns each slot itself at once (the pool's cost alone);
 //! - 1 and 4 threads: the poller hands each poll batch of lent slots to a consumer thread over a
-//!   channel (one send per batch, as `gdrx-bench server` does), and the consumers return them
-//!   through the recycler from their own threads, as a dropped `Lease` does.
+//!   channel (one send per batch, as `gdrx-bench server` does), and the consumers return each
+//!   batch through the recycler from their own threads with one `give_back_many`, as
+//!   `Lease::give_back_all` does for `gdrx-bench server`'s consumers (one claim on the ring per
+//!   batch; each slot is still validated on its own).
 //!
 //! The fake queue completes receives in the order they were posted, up to `poll_batch` per
 //! poll; nothing else runs, so the figures are the core's upper bound, not a receive rate.
@@ -180,9 +182,9 @@ fn spawn_consumers(consumers: Consumers, rec: &std::sync::Arc<Recycler>) -> (Han
             let (rx, rec) = (rx.clone(), std::sync::Arc::clone(rec));
             thread::spawn(move || {
                 while let Ok(batch) = rx.recv() {
-                    for (slot, gen) in batch {
-                        rec.give_back(slot, gen).expect("a valid return");
-                    }
+                    let n = batch.len();
+                    let ok = rec.give_back_many(batch, |e| panic!("{e}"));
+                    assert_eq!(ok, n);
                 }
             })
         })

@@ -138,6 +138,20 @@ impl Shared {
         }
     }
 
+    /// Returns a run of this pool's leases as one batch (see [`Lease::give_back_all`]).
+    fn give_back_many(&self, pairs: &[(u32, u32)]) {
+        let accepted = self.recycler.give_back_many(pairs.iter().copied(), |e| {
+            self.count_rejection(&e);
+            // As in Lease's Drop: only a forged raw return of the same pair gets here.
+            tracing::error!(pool = %self.name, error = %e, "lease return rejected");
+        });
+        if accepted > 0 {
+            if let Some(d) = &self.doorbell {
+                d.ring();
+            }
+        }
+    }
+
     fn give_back(&self, slot: u32, gen: u32) -> Result<(), ReturnError> {
         let r = self.recycler.give_back(slot, gen);
         match &r {
@@ -329,6 +343,54 @@ impl Lease {
             .expect("a lent slot lies in a registered region")
     }
 
+    /// Returns many leases at once, as dropping each would, but with one claim on each pool's
+    /// recycle ring per run of up to 64 consecutive leases of that pool, instead of one per
+    /// lease: for a consumer that is done with a whole poll batch. Leases of different pools
+    /// may be mixed; each run of one pool's leases goes back together. Every return is
+    /// validated as a drop's is. Never blocks, never allocates.
+    ///
+    /// ```no_run
+    /// # fn f(batch: Vec<gdrx_pool::Lease>) {
+    /// // ... read every lease of the batch, then:
+    /// gdrx_pool::Lease::give_back_all(batch);
+    /// # }
+    /// ```
+    pub fn give_back_all(leases: impl IntoIterator<Item = Lease>) {
+        const RUN: usize = 64;
+        let mut pairs = [(0u32, 0u32); RUN];
+        let mut n = 0;
+        let mut run: Option<Arc<Shared>> = None;
+        for lease in leases {
+            let (shared, slot, gen) = lease.into_parts();
+            match &run {
+                Some(cur) if Arc::ptr_eq(cur, &shared) && n < RUN => {}
+                _ => {
+                    if let Some(cur) = run.take() {
+                        cur.give_back_many(&pairs[..n]);
+                    }
+                    n = 0;
+                    run = Some(Arc::clone(&shared));
+                }
+            }
+            pairs[n] = (slot, gen);
+            n += 1;
+            // `shared` (this lease's reference) is dropped here; `run` keeps the pool alive.
+        }
+        if let Some(cur) = run {
+            cur.give_back_many(&pairs[..n]);
+        }
+    }
+
+    /// Takes the lease apart without returning its slot: its pool reference, slot and
+    /// generation. The caller returns the pair (or turns it raw).
+    fn into_parts(self) -> (Arc<Shared>, u32, u32) {
+        let me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `me` is never used again and its Drop does not run, so the Arc read out here
+        // is the only owner of that reference (dropped exactly once, by the caller).
+        let shared = unsafe { std::ptr::read(&me.shared) };
+        (shared, me.slot, me.gen)
+    }
+
     /// A handle that can return raw slots to this lease's pool.
     pub fn returner(&self) -> Returner {
         Returner(Arc::clone(&self.shared))
@@ -345,9 +407,8 @@ impl Lease {
         };
         // Release: a raw return that observes the flag also observes that the Lease is gone.
         self.shared.raw[self.slot as usize].store(true, Ordering::Release);
-        let mut me = std::mem::ManuallyDrop::new(self);
-        // SAFETY: `me` is never used again and its Drop does not run; the Arc is dropped once.
-        unsafe { std::ptr::drop_in_place(&mut me.shared) };
+        // The pool reference goes; the pair is the caller's now.
+        drop(self.into_parts());
         raw
     }
 }

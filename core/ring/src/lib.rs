@@ -107,5 +107,5 @@ pub mod slots;
 pub(crate) mod sync;
 
 pub use recycler::{RecycleConsumer, Recycler};
-pub use ring::{Full, RecycleRing, RingConsumer, MAX_CAPACITY};
+pub use ring::{Full, RecycleRing, RingConsumer, MAX_CAPACITY, MAX_VALUE};
 pub use slots::{RejectCounts, ReturnError, SlotCounts, SlotState, SlotTable, StateError};

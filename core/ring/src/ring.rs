@@ -1,22 +1,25 @@
 //! [`RecycleRing`]: a bounded lock-free MPSC queue of `u64`, and its single [`RingConsumer`].
 //!
 //! The ring owns the hand-off of returned buffer ids from whichever thread dropped a lease (or
-//! Python's raw return) to the one poller thread that reposts them. It is Dmitry Vyukov's bounded
-//! queue specialised for one consumer: every entry carries a sequence number that says whether it
-//! is free for the producer of position `p` (`seq == p`) or holds that producer's value
-//! (`seq == p + 1`). Producers claim a position by CAS on `tail`; the consumer owns `head` in its
-//! handle and publishes it only so that [`RecycleRing::len`] can report a depth.
+//! Python's raw return) to the one poller thread that reposts them. Producers claim positions
+//! by CAS on `tail` and then store their value into the entry of that position; the value's top
+//! bit is the parity of the position's lap (`(p / capacity) & 1`), so the consumer knows an
+//! entry is filled for the lap it expects even when producers finish out of claim order. That
+//! is Vyukov's per-entry sequence number cut down to one bit, which is enough because the
+//! consumer only ever looks at the lap after the one it popped, and it keeps an entry to one
+//! `u64`: eight per cache line, as in rtrb. The price is the value range: below 2^63
+//! ([`MAX_VALUE`]).
 //!
-//! Why the handles cache no index of the other side (the rtrb pattern): in rtrb a producer reads
-//! the consumer's `head` to see whether there is room, so caching it saves a cache-line transfer
-//! per push. Here the per-entry sequence number answers both questions (room for a producer, data
-//! for the consumer) from the entry the caller touches anyway, so producers never read `head`
-//! and the consumer never reads `tail`; there is nothing to cache. The consumer's own index lives
-//! in [`RingConsumer`] (not shared), and is published with one store per pop or per batch.
+//! Room is decided from the consumer's index, rtrb-style, rather than from the entries: the
+//! consumer publishes `head` (a store to a line only it writes) and never writes an entry, so
+//! a filled entry's cache line goes one way only, producer to consumer. Producers keep a
+//! *cached* copy of `head` beside `tail`, on the line their CAS owns anyway, and read the
+//! consumer's line only when that copy says the ring is full. In the common case a push touches
+//! the tail line and the entry, and a pop touches the entry and the consumer's own line.
 //!
-//! Values are kept in `AtomicU64`s accessed with `Relaxed` rather than in `UnsafeCell`s: on
-//! 64-bit targets those compile to plain loads and stores, the crate needs no `unsafe`, and loom
-//! checks the value's hand-off along with the sequence numbers.
+//! Values are kept in `AtomicU64`s rather than in `UnsafeCell`s: on x86-64 their Release stores
+//! and Acquire loads compile to plain moves, the crate needs no `unsafe`, and loom checks the
+//! value's hand-off.
 
 use std::cell::Cell;
 use std::fmt;
@@ -27,14 +30,26 @@ use crossbeam_utils::CachePadded;
 
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 
-/// One entry of the ring.
-struct Entry {
-    /// Vyukov sequence number. For position `p` (entry `p & mask`): `p` means free for the
-    /// producer of `p`, `p + 1` means it holds the value pushed at `p`; the consumer frees it
-    /// for the next lap by storing `p + capacity`.
-    seq: AtomicUsize,
-    /// The value pushed at the position `seq` names; ordered by `seq`, so always `Relaxed`.
-    value: AtomicU64,
+/// One entry of the ring: the value pushed at position `p` (entry `p & mask`) with the parity
+/// of `p`'s lap in its top bit ([`LAP_BIT`]). Only producers write it; the consumer reads it as
+/// filled for `p` when that bit matches, and otherwise (the previous lap's value, or the
+/// initial [`LAP_BIT`], which reads as lap 1) as not yet filled.
+type Entry = AtomicU64;
+
+/// The top bit of an entry: its lap's parity.
+const LAP_BIT: u64 = 1 << 63;
+
+/// Largest value a [`RecycleRing`] carries: the top bit of an entry holds its lap's parity.
+pub const MAX_VALUE: u64 = LAP_BIT - 1;
+
+/// The producers' shared line: the claim counter and their cached copy of the consumer's head.
+struct ProducerSide {
+    /// Next position a producer claims (CAS).
+    tail: AtomicUsize,
+    /// A recent value of [`RecycleRing::head`], refreshed by a producer that found the ring
+    /// full by it. Never ahead of the real head, so it can only make a push look more full
+    /// than it is, and a push that looks full reads the real head before it gives up.
+    head_cache: AtomicUsize,
 }
 
 /// Largest capacity [`RecycleRing::with_capacity`] accepts: 2^32 entries on 64-bit targets
@@ -84,20 +99,21 @@ const fn max_capacity() -> usize {
 /// # Ok::<(), Full<u64>>(())
 /// ```
 pub struct RecycleRing {
-    /// Next position a producer claims. Written (CAS) by every producer, so it gets its own
-    /// cache line.
-    tail: CachePadded<AtomicUsize>,
-    /// The consumer's next position, published for `len()`.
-    /// Written only by the consumer; own cache line so producers' CAS traffic never hits it.
+    /// Written (CAS) by every producer, read by the consumer never: its own cache line.
+    producers: CachePadded<ProducerSide>,
+    /// The consumer's next position. Written only by the consumer (after it has read the
+    /// entry below it); producers read it only when their cached copy says the ring is full.
     head: CachePadded<AtomicUsize>,
     /// `capacity - 1`; the capacity is a power of two.
     mask: usize,
+    /// `log2(capacity)`: position `p` is in lap `p >> lap_shift`.
+    lap_shift: u32,
     entries: Box<[Entry]>,
 }
 
 impl RecycleRing {
-    /// Creates a ring holding at least `n` values (rounded up to a power of two, minimum 2:
-    /// Vyukov's sequence numbers need two states per lap), and its one consumer handle.
+    /// Creates a ring holding at least `n` values (rounded up to a power of two, minimum 2),
+    /// and its one consumer handle.
     ///
     /// # Panics
     ///
@@ -117,14 +133,16 @@ impl RecycleRing {
         if entries.try_reserve_exact(capacity).is_err() {
             panic!("RecycleRing::with_capacity: cannot allocate {capacity} entries");
         }
-        entries.extend((0..capacity).map(|i| Entry {
-            seq: AtomicUsize::new(i),
-            value: AtomicU64::new(0),
-        }));
+        // Lap parity 1: not filled for the first lap (parity 0).
+        entries.extend((0..capacity).map(|_| AtomicU64::new(LAP_BIT)));
         let ring = Arc::new(RecycleRing {
-            tail: CachePadded::new(AtomicUsize::new(0)),
+            producers: CachePadded::new(ProducerSide {
+                tail: AtomicUsize::new(0),
+                head_cache: AtomicUsize::new(0),
+            }),
             head: CachePadded::new(AtomicUsize::new(0)),
             mask: capacity - 1,
+            lap_shift: capacity.trailing_zeros(),
             entries: entries.into_boxed_slice(),
         });
         let consumer = RingConsumer {
@@ -148,7 +166,7 @@ impl RecycleRing {
         // the head read here (the length never comes out negative).
         let head = self.head.load(Ordering::Acquire);
         // Relaxed: any recent tail will do for an approximate length.
-        let tail = self.tail.load(Ordering::Relaxed);
+        let tail = self.producers.tail.load(Ordering::Relaxed);
         // Claimed-but-unwritten positions count as queued; clamp in case of a racing burst.
         tail.wrapping_sub(head).min(self.capacity())
     }
@@ -161,7 +179,7 @@ impl RecycleRing {
     /// Total number of values ever pushed (modulo `usize`), including the ones still queued.
     pub fn total_pushed(&self) -> u64 {
         // Relaxed: a counter read for metrics; it orders nothing.
-        self.tail.load(Ordering::Relaxed) as u64
+        self.producers.tail.load(Ordering::Relaxed) as u64
     }
 
     /// Pushes `v` from any thread.
@@ -173,58 +191,22 @@ impl RecycleRing {
     ///
     /// [`Full`] with `v` handed back when every entry holds a value the consumer has not popped
     /// yet (or a producer has claimed but not yet written).
+    ///
+    /// # Panics
+    ///
+    /// If `v > MAX_VALUE` (its top bit is the ring's).
     pub fn push(&self, v: u64) -> Result<(), Full<u64>> {
-        // Acquire (here and on the CAS below): the tail is a chain of RMWs, so reading position
-        // `p` synchronises with every producer that claimed a position before `p`, and with
-        // whatever happened before those claims. In gdrx that includes the poller freeing the
-        // entry one lap back before it re-lent a slot, which is what makes the Recycler's
-        // "a validated return never finds the ring full" hold in the memory model and not
-        // only on x86. (Free on x86; one `ldar` on Arm.)
-        let mut pos = self.tail.load(Ordering::Acquire);
-        loop {
-            let entry = &self.entries[pos & self.mask];
-            // Acquire: pairs with the consumer's Release store that freed this entry, so its
-            // read of the previous lap's value happens before our store overwrites it.
-            let seq = entry.seq.load(Ordering::Acquire);
-            // Wrapping difference read as signed: positions wrap around usize, and the
-            // capacity is far below usize::MAX / 2, so the sign is never ambiguous.
-            let lag = seq.wrapping_sub(pos) as isize;
-            if lag == 0 {
-                // The entry is free for position `pos`: claim it.
-                match self.tail.compare_exchange_weak(
-                    pos,
-                    pos.wrapping_add(1),
-                    // AcqRel on success: Release so the next producer's Acquire read of tail
-                    // continues the chain described above; Acquire as for the first load.
-                    // The claim itself is exclusive by RMW atomicity, whatever the ordering.
-                    Ordering::AcqRel,
-                    // Acquire on failure: we retry with the position read here.
-                    Ordering::Acquire,
-                ) {
-                    Ok(_) => {
-                        // Relaxed: published by the Release store of `seq` just below.
-                        entry.value.store(v, Ordering::Relaxed);
-                        // Release: makes the value visible to the consumer's Acquire load of
-                        // `seq`; `pos + 1` marks the entry full for position `pos`.
-                        entry.seq.store(pos.wrapping_add(1), Ordering::Release);
-                        return Ok(());
-                    }
-                    Err(current) => pos = current,
-                }
-            } else if lag < 0 {
-                // The entry still holds (or is being filled with) the value from one lap
-                // back that the consumer has not popped: the ring is full.
-                return Err(Full(v));
-            } else {
-                // Another producer claimed and filled `pos` since we read tail: catch up.
-                // Acquire: as for the first load of tail.
-                pos = self.tail.load(Ordering::Acquire);
-            }
-        }
+        assert!(
+            v <= MAX_VALUE,
+            "RecycleRing::push: {v:#x} exceeds MAX_VALUE"
+        );
+        let Some((pos, _)) = self.claim(1) else {
+            return Err(Full(v));
+        };
+        self.fill(pos, v);
+        Ok(())
     }
-}
 
-impl RecycleRing {
     /// Pushes a prefix of `vs` from any thread, claiming up to `vs.len()` consecutive
     /// positions with one CAS on the tail (so `k` values cost one contended RMW instead of
     /// `k`), and returns how many it pushed: all of them unless the ring filled up. Values
@@ -232,57 +214,101 @@ impl RecycleRing {
     /// fewer positions were free, other producers' values may come between the claims).
     ///
     /// Lock-free and allocation-free, like [`push`](Self::push).
+    ///
+    /// # Panics
+    ///
+    /// If a value is above [`MAX_VALUE`]; then nothing is pushed.
     pub fn push_slice(&self, vs: &[u64]) -> usize {
+        assert!(
+            vs.iter().all(|&v| v <= MAX_VALUE),
+            "RecycleRing::push_slice: a value exceeds MAX_VALUE"
+        );
         let mut done = 0;
         while done < vs.len() {
             let Some((pos, k)) = self.claim(vs.len() - done) else {
                 break;
             };
             for (i, &v) in vs[done..done + k].iter().enumerate() {
-                let p = pos.wrapping_add(i);
-                let entry = &self.entries[p & self.mask];
-                // As in `push`: the value is published by the Release store of `seq`.
-                entry.value.store(v, Ordering::Relaxed);
-                entry.seq.store(p.wrapping_add(1), Ordering::Release);
+                self.fill(pos.wrapping_add(i), v);
             }
             done += k;
         }
         done
     }
 
-    /// Claims `k` (1 ..= `want`) consecutive free positions; `None` when the ring is full.
+    /// The lap-parity bit of position `pos`.
+    fn lap_bit(&self, pos: usize) -> u64 {
+        ((pos >> self.lap_shift) as u64 & 1) << 63
+    }
+
+    /// Writes `v` into the entry of claimed position `pos`, marked with its lap.
+    fn fill(&self, pos: usize, v: u64) {
+        // Release: the consumer's Acquire load of the entry sees everything before the push.
+        self.entries[pos & self.mask].store(v | self.lap_bit(pos), Ordering::Release);
+    }
+
+    /// Claims `k` (1 ..= `want`) consecutive free positions and returns the first; `None` when
+    /// the ring is full.
     ///
-    /// The consumer frees entries in position order, so when the entry of position
-    /// `pos + k - 1` is free for it, every entry from `pos` is free too; the Acquire load of
-    /// that last entry's `seq` synchronises with the consumer's Release store that freed it,
-    /// which follows (in its program order) the frees of the earlier ones.
+    /// Position `p` is free once the consumer has popped `p - capacity`, that is once
+    /// `p - head < capacity`. The consumer publishes `head` with a Release store after reading
+    /// the entries below it, and every path by which a producer learns a head is an Acquire
+    /// chain from that store (the real head directly, or `head_cache` stored with Release by a
+    /// producer that read it with Acquire), so the consumer's reads of an entry's previous lap
+    /// happen before the claimant overwrites it.
     fn claim(&self, want: usize) -> Option<(usize, usize)> {
-        // Acquire: as in `push`.
-        let mut pos = self.tail.load(Ordering::Acquire);
-        let mut k = want.min(self.capacity());
+        let side = &*self.producers;
+        let cap = self.capacity();
+        // Acquire (here, on the CAS and on its retries): the tail is a chain of RMWs, so
+        // reading position `p` synchronises with every producer that claimed a position
+        // before `p`, and with whatever happened before those claims. In gdrx that includes
+        // the poller publishing the head past a slot's previous return before it re-lent the
+        // slot, which is what makes the Recycler's "a validated return never finds the ring
+        // full" hold in the memory model and not only on x86: the head this claim reads
+        // (below, after this load) is at least that one. (Free on x86; one `ldar` on Arm.)
+        let mut pos = side.tail.load(Ordering::Acquire);
+        // Acquire: see above; never ahead of the real head.
+        let mut head = side.head_cache.load(Ordering::Acquire);
+        let mut refreshed = false;
         loop {
-            let last = pos.wrapping_add(k - 1);
-            let seq = self.entries[last & self.mask].seq.load(Ordering::Acquire);
-            let lag = seq.wrapping_sub(last) as isize;
-            if lag == 0 {
-                match self.tail.compare_exchange_weak(
-                    pos,
-                    pos.wrapping_add(k),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
-                    Ok(_) => return Some((pos, k)),
-                    Err(current) => pos = current,
-                }
-            } else if lag < 0 {
-                // Fewer than `k` free: try fewer; none free is a full ring.
-                if k == 1 {
+            // Signed: a head newer than our (stale) tail reads as negative use.
+            let used = pos.wrapping_sub(head) as isize;
+            if used < 0 {
+                pos = side.tail.load(Ordering::Acquire);
+                continue;
+            }
+            let free = cap.saturating_sub(used as usize);
+            if free == 0 {
+                if refreshed {
+                    // Full by a head read after `pos`: positions head..pos are all claimed
+                    // and not popped, and there are `capacity` of them.
                     return None;
                 }
-                k /= 2;
-            } else {
-                // Another producer claimed past `pos`: catch up.
-                pos = self.tail.load(Ordering::Acquire);
+                // Acquire: pairs with the consumer's Release store (see the method docs).
+                head = self.head.load(Ordering::Acquire);
+                // Release: hands the synchronisation on to producers that read the cache.
+                // A racing producer may store an older head; that only costs a later refresh.
+                side.head_cache.store(head, Ordering::Release);
+                refreshed = true;
+                continue;
+            }
+            let k = want.min(free);
+            match side.tail.compare_exchange_weak(
+                pos,
+                pos.wrapping_add(k),
+                // AcqRel on success: Release so the next producer's Acquire read of tail
+                // continues the chain described above; Acquire as for the first load.
+                // The claim itself is exclusive by RMW atomicity, whatever the ordering.
+                Ordering::AcqRel,
+                // Acquire on failure: we retry with the position read here.
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some((pos, k)),
+                Err(current) => {
+                    // Another producer claimed first: its view of the head is as good as ours.
+                    pos = current;
+                    refreshed = false;
+                }
             }
         }
     }
@@ -314,7 +340,7 @@ impl fmt::Debug for RecycleRing {
 /// ```
 pub struct RingConsumer {
     ring: Arc<RecycleRing>,
-    /// Next position to pop; owned here, published to `ring.head` for `len()`.
+    /// Next position to pop; owned here, published to `ring.head` after each pop.
     head: usize,
     /// Keeps the handle `!Sync` (a `Cell` is `Send` but not `Sync`).
     _not_sync: PhantomData<Cell<()>>,
@@ -329,64 +355,40 @@ impl RingConsumer {
     /// Pops the oldest value, or `None` if the ring is empty (or the producer that claimed the
     /// next position has not written it yet).
     pub fn pop(&mut self) -> Option<u64> {
-        let v = self.take()?;
-        self.publish_head();
+        let pos = self.head;
+        let ring = &*self.ring;
+        // Acquire: pairs with the producer's Release store of the entry.
+        let entry = ring.entries[pos & ring.mask].load(Ordering::Acquire);
+        // The entry holds the value of `pos` or of `pos - capacity`: the producer of
+        // `pos - capacity` wrote before we popped it, and the producer of `pos` cannot claim
+        // `pos + capacity` before we pop `pos`. The lap bit tells the two apart.
+        if entry & LAP_BIT != ring.lap_bit(pos) {
+            // Empty, or the producer that claimed `pos` is still writing.
+            return None;
+        }
+        let v = entry & MAX_VALUE;
+        self.head = pos.wrapping_add(1);
+        // Release: frees the entry for the producer one lap ahead, after our read of it; pairs
+        // with the Acquire loads in `claim`. A store to a line only this handle writes, which
+        // producers read only when the ring looks full, so publishing per pop is cheap, and it
+        // lets a `drain` callback push into the same ring.
+        ring.head.store(self.head, Ordering::Release);
         Some(v)
     }
 
     /// Pops up to `max` values, calling `f` on each in order, and returns how many it popped.
-    /// Stops early when the ring is empty. The head is published once for the whole batch.
+    /// Stops early when the ring is empty.
     ///
     /// Each entry is freed for producers before `f` sees its value, so `f` may push to the same
     /// ring (as long as it is not full).
     pub fn drain(&mut self, max: usize, mut f: impl FnMut(u64)) -> usize {
         let mut popped = 0;
         while popped < max {
-            let Some(v) = self.take() else { break };
+            let Some(v) = self.pop() else { break };
             popped += 1;
             f(v);
         }
-        if popped > 0 {
-            self.publish_head();
-        }
         popped
-    }
-
-    /// Pops one value without publishing the head.
-    fn take(&mut self) -> Option<u64> {
-        let pos = self.head;
-        let ring = &*self.ring;
-        let entry = &ring.entries[pos & ring.mask];
-        // Acquire: pairs with the producer's Release store of `seq`, making its value visible.
-        let seq = entry.seq.load(Ordering::Acquire);
-        if seq != pos.wrapping_add(1) {
-            // We popped every earlier lap, so the entry is free for `pos` (`seq == pos`):
-            // empty, or the producer that claimed `pos` is still writing.
-            debug_assert_eq!(seq, pos, "RecycleRing: entry sequence out of step");
-            return None;
-        }
-        // Relaxed: ordered by the Acquire load of `seq` above.
-        let v = entry.value.load(Ordering::Relaxed);
-        // Release: frees the entry for the producer one lap ahead; pairs with its Acquire load
-        // of `seq`, so our value load happens before its overwrite.
-        entry
-            .seq
-            .store(pos.wrapping_add(ring.capacity()), Ordering::Release);
-        self.head = pos.wrapping_add(1);
-        Some(v)
-    }
-
-    fn publish_head(&self) {
-        // Release: pairs with len()'s Acquire load (see there).
-        self.ring.head.store(self.head, Ordering::Release);
-    }
-}
-
-impl Drop for RingConsumer {
-    fn drop(&mut self) {
-        // Published already unless `drain`'s callback panicked; cheap to repeat, and keeps
-        // `len()` exact for the producers that outlive the handle.
-        self.publish_head();
     }
 }
 
@@ -532,11 +534,39 @@ mod tests {
         for lap in 0..1000u64 {
             ring.push(2 * lap).unwrap();
             ring.push(2 * lap + 1).unwrap();
-            assert!(ring.push(u64::MAX).is_err());
+            assert_eq!(ring.push(MAX_VALUE), Err(Full(MAX_VALUE)));
             assert_eq!(c.pop(), Some(2 * lap));
             assert_eq!(c.pop(), Some(2 * lap + 1));
             assert_eq!(c.pop(), None);
         }
+    }
+
+    #[test]
+    fn the_full_value_range_survives_every_lap_parity() {
+        // The top bit is the ring's: values with every other bit set come out unchanged on
+        // even and odd laps, through single and batch pushes.
+        let (ring, mut c) = RecycleRing::with_capacity(2);
+        for lap in 0..6u64 {
+            ring.push(MAX_VALUE).unwrap();
+            assert_eq!(ring.push_slice(&[lap]), 1);
+            assert_eq!(c.pop(), Some(MAX_VALUE), "lap {lap}");
+            assert_eq!(c.pop(), Some(lap));
+            assert_eq!(c.pop(), None);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "exceeds MAX_VALUE")]
+    fn a_value_with_the_lap_bit_set_panics() {
+        let (ring, _c) = RecycleRing::with_capacity(2);
+        let _ = ring.push(MAX_VALUE + 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "exceeds MAX_VALUE")]
+    fn a_batch_with_a_value_above_max_panics_before_pushing() {
+        let (ring, _c) = RecycleRing::with_capacity(2);
+        ring.push_slice(&[1, u64::MAX]);
     }
 
     #[test]
@@ -554,7 +584,7 @@ mod tests {
     }
 
     #[test]
-    fn consumer_drop_after_panicking_callback_publishes_head() {
+    fn a_panicking_drain_callback_leaves_what_it_popped_popped() {
         let (ring, mut c) = RecycleRing::with_capacity(4);
         ring.push(1).unwrap();
         ring.push(2).unwrap();

@@ -142,6 +142,43 @@ fn push_on_full_ring_hands_value_back_and_loses_nothing() {
 }
 
 #[test]
+fn producers_refreshing_a_stale_head_cache_on_the_next_lap_lose_nothing() {
+    // A full 2-entry ring: the producers' cached head says full, the consumer frees both
+    // entries while two producers push once each (racing each other's refreshes of the cache
+    // and their claims), and their values land one lap on, where only the lap bit tells them
+    // from the old ones. A push that found the ring full is retried once the consumer is
+    // done: by then the cache is stale, and the retry must refresh it and succeed.
+    model(|| {
+        let (ring, mut consumer) = RecycleRing::with_capacity(2);
+        ring.push(0).unwrap();
+        ring.push(1).unwrap();
+        let producers: Vec<_> = (1..=2u64)
+            .map(|p| {
+                let ring = Arc::clone(&ring);
+                thread::spawn(move || ring.push(p << 32))
+            })
+            .collect();
+        let mut got = Vec::new();
+        got.extend(consumer.pop());
+        got.extend(consumer.pop());
+        assert_eq!(got, [0, 1], "the first lap, in order");
+        for p in producers {
+            if let Err(Full(v)) = p.join().unwrap() {
+                ring.push(v).expect("two entries were freed for two pushes");
+            }
+        }
+        let mut late = Vec::new();
+        consumer.drain(usize::MAX, |v| late.push(v));
+        late.sort_unstable();
+        assert_eq!(
+            late,
+            [1 << 32, 2 << 32],
+            "each producer's value exactly once"
+        );
+    });
+}
+
+#[test]
 fn wrap_around_capacity_two_several_laps() {
     const N: u64 = 5; // two and a half laps of a 2-entry ring
     model(|| {
