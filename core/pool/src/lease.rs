@@ -179,6 +179,36 @@ impl Shared {
     }
 }
 
+/// Hands `items` to `flush` in runs of consecutive items with the same key (by `same`), at most
+/// `buf.len()` per run, keeping one key per run (the others are dropped as they are read).
+fn in_runs<K, V: Copy>(
+    items: impl IntoIterator<Item = (K, V)>,
+    same: impl Fn(&K, &K) -> bool,
+    buf: &mut [V],
+    mut flush: impl FnMut(&K, &[V]),
+) {
+    assert!(!buf.is_empty(), "in_runs: an empty run buffer");
+    let mut n = 0;
+    let mut run: Option<K> = None;
+    for (key, v) in items {
+        match &run {
+            Some(cur) if same(cur, &key) && n < buf.len() => {}
+            _ => {
+                if let Some(cur) = &run {
+                    flush(cur, &buf[..n]);
+                }
+                n = 0;
+                run = Some(key);
+            }
+        }
+        buf[n] = v;
+        n += 1;
+    }
+    if let Some(cur) = &run {
+        flush(cur, &buf[..n]);
+    }
+}
+
 /// What a receive completion says about a message besides its bytes. [`Lease`] and gdrx-gpu's
 /// `GpuLease` carry the same one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -356,29 +386,16 @@ impl Lease {
     /// # }
     /// ```
     pub fn give_back_all(leases: impl IntoIterator<Item = Lease>) {
-        const RUN: usize = 64;
-        let mut pairs = [(0u32, 0u32); RUN];
-        let mut n = 0;
-        let mut run: Option<Arc<Shared>> = None;
-        for lease in leases {
-            let (shared, slot, gen) = lease.into_parts();
-            match &run {
-                Some(cur) if Arc::ptr_eq(cur, &shared) && n < RUN => {}
-                _ => {
-                    if let Some(cur) = run.take() {
-                        cur.give_back_many(&pairs[..n]);
-                    }
-                    n = 0;
-                    run = Some(Arc::clone(&shared));
-                }
-            }
-            pairs[n] = (slot, gen);
-            n += 1;
-            // `shared` (this lease's reference) is dropped here; `run` keeps the pool alive.
-        }
-        if let Some(cur) = run {
-            cur.give_back_many(&pairs[..n]);
-        }
+        let mut pairs = [(0u32, 0u32); 64];
+        in_runs(
+            leases.into_iter().map(|l| {
+                let (shared, slot, gen) = l.into_parts();
+                (shared, (slot, gen))
+            }),
+            Arc::ptr_eq,
+            &mut pairs,
+            |shared, run| shared.give_back_many(run),
+        );
     }
 
     /// Takes the lease apart without returning its slot: its pool reference, slot and
@@ -525,5 +542,74 @@ impl Returner {
         Ok(Some(unsafe {
             std::slice::from_raw_parts((r.cpu + off) as *const u8, n)
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_runs;
+
+    fn runs(items: &[(u8, u32)], max: usize) -> Vec<(u8, Vec<u32>)> {
+        let mut buf = vec![0u32; max];
+        let mut out = Vec::new();
+        in_runs(
+            items.iter().copied(),
+            |a, b| a == b,
+            &mut buf,
+            |k, vs| out.push((*k, vs.to_vec())),
+        );
+        out
+    }
+
+    #[test]
+    fn runs_split_where_the_key_changes_and_at_the_buffer_size() {
+        let items = [
+            (1, 10),
+            (1, 11),
+            (2, 20),
+            (1, 12),
+            (1, 13),
+            (1, 14),
+            (1, 15),
+            (1, 16),
+        ];
+        assert_eq!(
+            runs(&items, 3),
+            [
+                (1, vec![10, 11]),
+                (2, vec![20]),
+                (1, vec![12, 13, 14]),
+                (1, vec![15, 16]),
+            ]
+        );
+        assert_eq!(runs(&items[..1], 1), [(1, vec![10])]);
+        assert!(runs(&[], 4).is_empty(), "nothing to flush, no empty run");
+    }
+
+    #[test]
+    fn every_key_but_the_runs_is_dropped_as_it_is_read_and_each_exactly_once() {
+        use std::sync::Arc;
+        let a = Arc::new(1u8);
+        let b = Arc::new(2u8);
+        let items: Vec<(Arc<u8>, u32)> = (0..10)
+            .map(|i| (Arc::clone(if i % 4 == 3 { &b } else { &a }), i))
+            .collect();
+        let mut buf = [0u32; 2];
+        let mut seen = Vec::new();
+        in_runs(items, Arc::ptr_eq, &mut buf, |k, vs| {
+            // The run's key is alive while its run is flushed.
+            assert!(Arc::strong_count(k) >= 2);
+            seen.push((**k, vs.to_vec()));
+        });
+        assert_eq!(Arc::strong_count(&a), 1, "every clone of a dropped once");
+        assert_eq!(Arc::strong_count(&b), 1);
+        let flat: Vec<u32> = seen.iter().flat_map(|(_, v)| v.clone()).collect();
+        assert_eq!(flat, (0..10).collect::<Vec<_>>(), "in order, each once");
+        assert_eq!(
+            seen[1],
+            (1, vec![2]),
+            "a full run ends even when the key goes on"
+        );
+        assert_eq!(seen[2], (2, vec![3]));
     }
 }
