@@ -204,7 +204,7 @@ impl Held {
     fn lend(&self, slot: u32) -> bool {
         !self.0[slot as usize].swap(true, Ordering::AcqRel)
     }
-    /// Called just before the lease is dropped.
+    /// Called just before the lease goes back (dropped, or handed to `Lease::give_back_all`).
     fn release(&self, slot: u32) {
         self.0[slot as usize].store(false, Ordering::Release);
     }

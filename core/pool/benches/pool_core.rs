@@ -10,7 +10,8 @@
 //!   channel (one send per batch, as `gdrx-bench server` does), and the consumers return each
 //!   batch through the recycler from their own threads with one `give_back_many`, as
 //!   `Lease::give_back_all` does for `gdrx-bench server`'s consumers (one claim on the ring per
-//!   batch; each slot is still validated on its own).
+//!   up to 64 returns; each slot is still validated on its own). Until 2026-12-08 the consumers
+//!   returned each slot with its own `give_back`.
 //!
 //! The fake queue completes receives in the order they were posted, up to `poll_batch` per
 //! poll; nothing else runs, so the figures are the core's upper bound, not a receive rate.

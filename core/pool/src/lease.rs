@@ -180,33 +180,53 @@ impl Shared {
 }
 
 /// Hands `items` to `flush` in runs of consecutive items with the same key (by `same`), at most
-/// `buf.len()` per run, keeping one key per run (the others are dropped as they are read).
-fn in_runs<K, V: Copy>(
+/// `buf.len()` per run, keeping one key per run (the others are dropped as they are read). A
+/// run read so far is flushed even when the iterator panics.
+fn in_runs<K, V: Copy, F: FnMut(&K, &[V])>(
     items: impl IntoIterator<Item = (K, V)>,
     same: impl Fn(&K, &K) -> bool,
     buf: &mut [V],
-    mut flush: impl FnMut(&K, &[V]),
+    flush: F,
 ) {
-    assert!(!buf.is_empty(), "in_runs: an empty run buffer");
-    let mut n = 0;
-    let mut run: Option<K> = None;
-    for (key, v) in items {
-        match &run {
-            Some(cur) if same(cur, &key) && n < buf.len() => {}
-            _ => {
-                if let Some(cur) = &run {
-                    flush(cur, &buf[..n]);
-                }
-                n = 0;
-                run = Some(key);
+    /// The run being gathered; flushed when dropped (a panicking iterator included).
+    struct Run<'b, K, V, F: FnMut(&K, &[V])> {
+        key: Option<K>,
+        buf: &'b mut [V],
+        n: usize,
+        flush: F,
+    }
+    impl<K, V, F: FnMut(&K, &[V])> Run<'_, K, V, F> {
+        fn flush(&mut self) {
+            // Taken first, so a flush that panics is not repeated by the drop.
+            let n = std::mem::take(&mut self.n);
+            if let (Some(key), true) = (&self.key, n > 0) {
+                (self.flush)(key, &self.buf[..n]);
             }
         }
-        buf[n] = v;
-        n += 1;
     }
-    if let Some(cur) = &run {
-        flush(cur, &buf[..n]);
+    impl<K, V, F: FnMut(&K, &[V])> Drop for Run<'_, K, V, F> {
+        fn drop(&mut self) {
+            self.flush();
+        }
     }
+
+    assert!(!buf.is_empty(), "in_runs: an empty run buffer");
+    let mut run = Run {
+        key: None,
+        buf,
+        n: 0,
+        flush,
+    };
+    for (key, v) in items {
+        let goes_on = run.n < run.buf.len() && run.key.as_ref().is_some_and(|k| same(k, &key));
+        if !goes_on {
+            run.flush();
+            run.key = Some(key);
+        }
+        run.buf[run.n] = v;
+        run.n += 1;
+    }
+    // The last run is flushed as `run` drops.
 }
 
 /// What a receive completion says about a message besides its bytes. [`Lease`] and gdrx-gpu's
@@ -377,7 +397,10 @@ impl Lease {
     /// recycle ring per run of up to 64 consecutive leases of that pool, instead of one per
     /// lease: for a consumer that is done with a whole poll batch. Leases of different pools
     /// may be mixed; each run of one pool's leases goes back together. Every return is
-    /// validated as a drop's is. Never blocks, never allocates.
+    /// validated as a drop's is. Never blocks, never allocates; should the iterator panic, the
+    /// leases it yielded still go back. Leases taken from the iterator wait for their run to
+    /// fill (or the iterator to end), so pass a batch that is complete, not an iterator that
+    /// blocks (a channel's, say): it would hold those buffers back from the pool meanwhile.
     ///
     /// ```no_run
     /// # fn f(batch: Vec<gdrx_pool::Lease>) {
@@ -584,6 +607,26 @@ mod tests {
         );
         assert_eq!(runs(&items[..1], 1), [(1, vec![10])]);
         assert!(runs(&[], 4).is_empty(), "nothing to flush, no empty run");
+    }
+
+    #[test]
+    fn a_panicking_iterator_still_flushes_the_run_it_read() {
+        let mut out = Vec::new();
+        let mut buf = [0u32; 8];
+        let items = (0..5u32).map(|i| {
+            assert!(i < 3, "the caller's iterator fails");
+            (7u8, i)
+        });
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            in_runs(
+                items,
+                |a, b| a == b,
+                &mut buf,
+                |k, vs| out.push((*k, vs.to_vec())),
+            );
+        }));
+        assert!(res.is_err());
+        assert_eq!(out, [(7, vec![0, 1, 2])]);
     }
 
     #[test]

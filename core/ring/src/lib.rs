@@ -3,7 +3,8 @@
 //! The lock-free recycle protocol of gdrx's receive buffer pool, kept free of FFI (the
 //! quinn-proto / quinn-udp split) so it runs under loom and plain-thread stress tests:
 //!
-//! - [`RecycleRing`]: a bounded lock-free MPSC queue of `u64` (Vyukov's design, one consumer).
+//! - [`RecycleRing`]: a bounded lock-free MPSC queue of `u64` below 2^63 (producers claim by CAS,
+//!   each entry's top bit is its lap's parity, the one consumer never writes an entry).
 //! - [`SlotTable`]: each slot's [`SlotState`] and generation in one atomic word; validates
 //!   returns and counts the rejected ones ([`ReturnError`]).
 //! - [`Recycler`]: the two composed, as the pool in `gdrx-core` uses them; the poller drains
@@ -82,8 +83,9 @@
 //!
 //! # Resource cleanup
 //!
-//! Everything is plain memory freed when the last `Arc` goes. Dropping a consumer handle
-//! returns the consumer right; the next handle resumes at the same position.
+//! Everything is plain memory freed when the last `Arc` goes. Each ring has exactly one consumer
+//! handle; once it is dropped nothing pops that ring again (producers then fill it and get
+//! [`Full`]).
 //!
 //! # Testing with loom
 //!

@@ -91,7 +91,7 @@ impl Recycler {
             Err(_) => {
                 // Unreachable by construction: each queued entry is a distinct slot in
                 // Returned, and the ring has at least one entry per slot (see SlotTable::lend
-                // and RecycleRing::push for the orderings that make this hold). Undo the state
+                // and RecycleRing::claim for the orderings that make this hold). Undo the state
                 // change so no Returned slot is left without a ring entry.
                 self.slots.revert_give_back(slot, gen);
                 Err(ReturnError::RingFull { slot, gen })
@@ -111,34 +111,25 @@ impl Recycler {
         leases: impl IntoIterator<Item = (u32, u32)>,
         mut rejected: impl FnMut(ReturnError),
     ) -> usize {
-        const CHUNK: usize = 64;
-        let mut entries = [0u64; CHUNK];
+        let mut pending = Pending {
+            recycler: self,
+            entries: [0; Pending::CHUNK],
+            n: 0,
+        };
         let mut accepted = 0;
-        let mut leases = leases.into_iter().peekable();
-        while leases.peek().is_some() {
-            let mut n = 0;
-            for (slot, gen) in leases.by_ref() {
-                match self.slots.give_back(slot, gen) {
-                    Ok(()) => {
-                        entries[n] = encode(slot, gen);
-                        n += 1;
-                        if n == CHUNK {
-                            break;
-                        }
+        for (slot, gen) in leases {
+            match self.slots.give_back(slot, gen) {
+                Ok(()) => {
+                    pending.entries[pending.n] = encode(slot, gen);
+                    pending.n += 1;
+                    if pending.n == Pending::CHUNK {
+                        accepted += pending.queue(&mut rejected);
                     }
-                    Err(e) => rejected(e),
                 }
-            }
-            let pushed = self.ring.push_slice(&entries[..n]);
-            accepted += pushed;
-            // Unreachable by construction, as in give_back: undo what did not fit.
-            for &entry in &entries[pushed..n] {
-                let (slot, gen) = decode(entry);
-                self.slots.revert_give_back(slot, gen);
-                rejected(ReturnError::RingFull { slot, gen });
+                Err(e) => rejected(e),
             }
         }
-        accepted
+        accepted + pending.queue(&mut rejected)
     }
 
     /// Total accepted returns (queued, drained or not; modulo `usize`).
@@ -170,6 +161,39 @@ impl fmt::Debug for Recycler {
             .field("recycled", &self.recycled())
             .field("reclaim_failures", &self.reclaim_failures())
             .finish()
+    }
+}
+
+/// Returns [`Recycler::give_back_many`] has accepted (`Lent -> Returned`) and not queued yet.
+/// Dropped with entries pending only when the caller's iterator or callback panicked: it queues
+/// them then, so no slot is left `Returned` without a ring entry.
+struct Pending<'a> {
+    recycler: &'a Recycler,
+    entries: [u64; Pending::CHUNK],
+    n: usize,
+}
+
+impl Pending<'_> {
+    /// Entries queued with one claim on the ring.
+    const CHUNK: usize = 64;
+
+    /// Queues what is pending and returns how many went in; what did not fit (unreachable, as
+    /// in `give_back`) is put back to `Lent` and passed to `not_queued`.
+    fn queue(&mut self, mut not_queued: impl FnMut(ReturnError)) -> usize {
+        let n = std::mem::take(&mut self.n);
+        let pushed = self.recycler.ring.push_slice(&self.entries[..n]);
+        for &entry in &self.entries[pushed..n] {
+            let (slot, gen) = decode(entry);
+            self.recycler.slots.revert_give_back(slot, gen);
+            not_queued(ReturnError::RingFull { slot, gen });
+        }
+        pushed
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.queue(|_| ());
     }
 }
 
@@ -269,6 +293,23 @@ mod tests {
         // Every slot is Free again; giving the old leases back once more is rejected.
         assert_eq!(r.give_back_many(leases[..2].iter().copied(), |_| ()), 0);
         assert_eq!(r.give_back_many(std::iter::empty(), |_| ()), 0);
+    }
+
+    #[test]
+    fn a_panic_in_the_middle_of_a_batch_still_queues_what_was_accepted() {
+        let (r, mut c) = Recycler::new(8);
+        let leases: Vec<(u32, u32)> = (0..4).map(|s| (s, lend(&r, s))).collect();
+        let panicky = leases.iter().copied().enumerate().map(|(i, pair)| {
+            assert!(i < 3, "the caller's iterator fails");
+            pair
+        });
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            r.give_back_many(panicky, |_| ())
+        }));
+        assert!(res.is_err());
+        // The three accepted before the panic are queued, not stranded in Returned.
+        assert_eq!(drained(&mut c), [0, 1, 2]);
+        assert_eq!(r.slots().state(3), Some((SlotState::Lent, leases[3].1)));
     }
 
     fn drained(c: &mut RecycleConsumer) -> Vec<u32> {

@@ -62,7 +62,8 @@ const fn max_capacity() -> usize {
     // 64-bit, far below the 2^(usize::BITS - 1) that the wrapping sequence comparison needs.
     let fit = isize::MAX as usize / std::mem::size_of::<Entry>();
     let layout_max = 1usize << (usize::BITS - 1 - fit.leading_zeros());
-    // One entry per u32 slot id is all gdrx can use (saturates to usize::MAX on 32-bit).
+    // One entry per u32 id is as many as any user of a u64 queue of ids needs (gdrx's Recycler
+    // caps its slots at 2^31; saturates to usize::MAX on 32-bit).
     let id_max = (u32::MAX as usize).saturating_add(1);
     if layout_max < id_max {
         layout_max
@@ -275,13 +276,18 @@ impl RecycleRing {
             let used = pos.wrapping_sub(head) as isize;
             if used < 0 {
                 pos = side.tail.load(Ordering::Acquire);
+                // The head in hand was read before this `pos`: it may not decide `Full` (in
+                // between, a slot can be popped, re-lent and returned again, so `head..pos`
+                // could hold one slot twice). Each retry needs the consumer to have advanced.
+                refreshed = false;
                 continue;
             }
             let free = cap.saturating_sub(used as usize);
             if free == 0 {
                 if refreshed {
-                    // Full by a head read after `pos`: positions head..pos are all claimed
-                    // and not popped, and there are `capacity` of them.
+                    // Full by a head read after `pos` (`refreshed` is cleared whenever `pos`
+                    // is reloaded): positions head..pos are all claimed and not popped, and
+                    // there are `capacity` of them.
                     return None;
                 }
                 // Acquire: pairs with the consumer's Release store (see the method docs).
