@@ -324,6 +324,50 @@ fn validated_return_never_finds_the_ring_full() {
 }
 
 #[test]
+fn a_return_whose_tail_went_stale_across_pops_never_finds_the_ring_full() {
+    // Two slots, a 2-entry ring. Slot 1's return is in flight while slot 0 goes round five
+    // times on the poller's thread (returned, drained, lent again), taking the tail from 0 to
+    // 5. Slot 1's return may read the tail early (2), then a head newer than it (3), then the
+    // tail again (5): from that head it would look full, yet positions 3 and 4 can both be
+    // slot 0's, popped in between. It may only decide Full on a head read after its tail.
+    model(|| {
+        let (r, mut poller) = Recycler::new(2);
+        let b = lend(&r, 1);
+        let mut a = lend(&r, 0);
+        let rb = {
+            let r = Arc::clone(&r);
+            thread::spawn(move || r.give_back(1, b))
+        };
+        let mut ones = 0;
+        for _ in 0..5 {
+            assert_eq!(r.give_back(0, a), Ok(()));
+            let mut zero = false;
+            while !zero {
+                let n = poller.drain(1, |s| match s {
+                    0 => zero = true,
+                    _ => ones += 1,
+                });
+                if n == 0 {
+                    thread::yield_now();
+                }
+            }
+            a = lend(&r, 0);
+        }
+        assert_eq!(
+            rb.join().unwrap(),
+            Ok(()),
+            "a validated return found the ring full"
+        );
+        poller.drain(usize::MAX, |s| {
+            assert_eq!(s, 1);
+            ones += 1;
+        });
+        assert_eq!(ones, 1);
+        assert_eq!(r.slots().rejected().total(), 0);
+    });
+}
+
+#[test]
 fn lease_learned_without_synchronization_still_finds_room() {
     // The returner learns of each new lease only by retrying give_back until the slot word says
     // Lent(gen): no channel orders it after the poller. Its third return lands one lap after
