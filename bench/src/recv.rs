@@ -1189,14 +1189,12 @@ fn consume(
 ) -> ConsumerOut {
     let mut c = Consumer::new(false, hold, verify, seed);
     let zero_hold = hold.is_zero();
-    let mut done = Vec::new();
     while let Ok(batch) = rx.recv() {
         let now = zero_hold.then(Instant::now);
         if zero_hold {
-            // The whole batch goes back together: one claim on the recycle ring per 64
+            // The batch goes back as it is consumed: one claim on the recycle ring per 64
             // leases instead of one per lease (Lease::give_back_all).
-            done.extend(batch.into_iter().map(|h| c.take(h, now)));
-            Lease::give_back_all(done.drain(..));
+            Lease::give_back_all(batch.into_iter().map(|h| c.take(h, now)));
         } else {
             // Held leases go back one by one, each when its hold ends, as a real consumer's
             // would.

@@ -394,8 +394,8 @@ impl Lease {
     }
 
     /// Returns many leases at once, as dropping each would, but with one claim on each pool's
-    /// recycle ring per run of up to 64 consecutive leases of that pool, instead of one per
-    /// lease: for a consumer that is done with a whole poll batch. Leases of different pools
+    /// recycle ring per run of up to [`Recycler::BATCH`] (64) consecutive leases of that pool,
+    /// instead of one per lease: for a consumer that is done with a whole poll batch. Leases of different pools
     /// may be mixed; each run of one pool's leases goes back together. Every return is
     /// validated as a drop's is. Never blocks, never allocates; should the iterator panic, the
     /// leases it yielded still go back. Leases taken from the iterator wait for their run to
@@ -409,7 +409,7 @@ impl Lease {
     /// # }
     /// ```
     pub fn give_back_all(leases: impl IntoIterator<Item = Lease>) {
-        let mut pairs = [(0u32, 0u32); 64];
+        let mut pairs = [(0u32, 0u32); Recycler::BATCH];
         in_runs(
             leases.into_iter().map(|l| {
                 let (shared, slot, gen) = l.into_parts();

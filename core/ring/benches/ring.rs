@@ -194,8 +194,10 @@ fn array_queue(producers: usize, iters: u64) -> Duration {
     })
 }
 
-/// rtrb with its batch API on both sides: chunks of up to 64 elements.
-fn rtrb_chunks(producers: usize, iters: u64) -> Duration {
+/// rtrb: one SPSC ring per producer, polled round-robin by the consumer (one ring when there
+/// is one producer), moving at most `chunk` elements per operation: single-element `push` and
+/// `pop` when `chunk` is 1, otherwise its batch API (`write_chunk_uninit`, `read_chunk`).
+fn rtrb_rings(producers: usize, iters: u64, chunk: usize) -> Duration {
     let (mut ends, mut consumers): (Vec<_>, Vec<_>) = (0..producers)
         .map(|_| {
             let (p, c) = rtrb::RingBuffer::<u64>::new(CAPACITY / producers);
@@ -208,60 +210,26 @@ fn rtrb_chunks(producers: usize, iters: u64) -> Duration {
             let backoff = Backoff::new();
             let mut v = 0;
             while v < share {
-                let want = (share - v).min(64) as usize;
-                // Whatever is free, up to `want` (rtrb refuses a chunk larger than the room).
-                let room = producer.slots().min(want);
-                if room == 0 {
-                    backoff.snooze();
-                    continue;
-                }
-                let chunk = producer.write_chunk_uninit(room).expect("room checked");
-                v += chunk.fill_from_iter(v..) as u64;
-                backoff.reset();
-            }
-        }
-    };
-    run(producers, iters, make, |total| {
-        let (mut got, mut sum) = (0, 0u64);
-        let backoff = Backoff::new();
-        while got < total {
-            let mut any = false;
-            for c in consumers.iter_mut() {
-                let n = c.slots().min(64);
-                if n > 0 {
-                    for v in c.read_chunk(n).expect("slots checked") {
-                        sum = sum.wrapping_add(v);
+                let pushed = if chunk == 1 {
+                    u64::from(producer.push(v).is_ok())
+                } else {
+                    // Whatever is free, up to a chunk (rtrb refuses a chunk larger than the
+                    // room).
+                    let room = producer.slots().min(chunk).min((share - v) as usize);
+                    match room {
+                        0 => 0,
+                        _ => producer
+                            .write_chunk_uninit(room)
+                            .expect("room checked")
+                            .fill_from_iter(v..) as u64,
                     }
-                    got += n as u64;
-                    any = true;
-                }
-            }
-            if any {
-                backoff.reset();
-            } else {
-                backoff.snooze();
-            }
-        }
-        black_box(sum);
-    })
-}
-
-fn rtrb_rings(producers: usize, iters: u64) -> Duration {
-    let (mut ends, mut consumers): (Vec<_>, Vec<_>) = (0..producers)
-        .map(|_| {
-            let (p, c) = rtrb::RingBuffer::<u64>::new(CAPACITY / producers);
-            (Some(p), c)
-        })
-        .unzip();
-    let make = |i: usize, share: u64| {
-        let mut producer = ends[i].take().unwrap();
-        move || {
-            let backoff = Backoff::new();
-            for v in 0..share {
-                while producer.push(v).is_err() {
+                };
+                if pushed == 0 {
                     backoff.snooze();
+                } else {
+                    v += pushed;
+                    backoff.reset();
                 }
-                backoff.reset();
             }
         }
     };
@@ -270,13 +238,23 @@ fn rtrb_rings(producers: usize, iters: u64) -> Duration {
         let backoff = Backoff::new();
         while got < total {
             let mut any = false;
-            // Round-robin over the per-producer rings (one ring when there is one producer).
             for c in consumers.iter_mut() {
-                if let Ok(v) = c.pop() {
-                    sum = sum.wrapping_add(v);
-                    got += 1;
-                    any = true;
-                }
+                let popped = if chunk == 1 {
+                    c.pop().map_or(0, |v| {
+                        sum = sum.wrapping_add(v);
+                        1
+                    })
+                } else {
+                    let n = c.slots().min(chunk);
+                    if n > 0 {
+                        for v in c.read_chunk(n).expect("slots checked") {
+                            sum = sum.wrapping_add(v);
+                        }
+                    }
+                    n as u64
+                };
+                got += popped;
+                any |= popped > 0;
             }
             if any {
                 backoff.reset();
@@ -298,8 +276,8 @@ fn push_pop(c: &mut Criterion) {
         (GDRX_DRAIN, |p, n| gdrx(p, n, true, false)),
         (GDRX_BATCH, |p, n| gdrx(p, n, true, true)),
         (ARRAY_QUEUE, array_queue),
-        (RTRB, rtrb_rings),
-        (RTRB_CHUNKS, rtrb_chunks),
+        (RTRB, |p, n| rtrb_rings(p, n, 1)),
+        (RTRB_CHUNKS, |p, n| rtrb_rings(p, n, 64)),
     ];
     for producers in PRODUCER_COUNTS {
         for (name, runner) in queues {

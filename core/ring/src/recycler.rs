@@ -39,6 +39,9 @@ impl Recycler {
     /// ring's [`MAX_VALUE`](crate::MAX_VALUE).
     pub const MAX_SLOTS: u32 = 1 << 31;
 
+    /// Returns [`give_back_many`](Self::give_back_many) queues with one claim on the ring.
+    pub const BATCH: usize = 64;
+
     /// Creates the protocol state for `slots` slots (all `Free`), with a ring of at least
     /// `slots` entries (at least 2), and the poller's one consumer handle.
     ///
@@ -100,8 +103,9 @@ impl Recycler {
     }
 
     /// Any thread: returns many leases at once, as [`give_back`](Self::give_back) returns
-    /// each, but queues the accepted ones with one claim on the ring per 64 (one contended
-    /// read-modify-write instead of one per lease, and the entries fill whole cache lines).
+    /// each, but queues the accepted ones with one claim on the ring per
+    /// [`BATCH`](Self::BATCH) (one contended read-modify-write instead of one per lease, and
+    /// the entries fill whole cache lines).
     /// Returns how many were accepted; each rejected one is passed to `rejected` (and counted in
     /// [`SlotTable::rejected`] as usual), and nothing is reposted for it.
     ///
@@ -113,7 +117,7 @@ impl Recycler {
     ) -> usize {
         let mut pending = Pending {
             recycler: self,
-            entries: [0; Pending::CHUNK],
+            entries: [0; Recycler::BATCH],
             n: 0,
         };
         let mut accepted = 0;
@@ -122,7 +126,7 @@ impl Recycler {
                 Ok(()) => {
                     pending.entries[pending.n] = encode(slot, gen);
                     pending.n += 1;
-                    if pending.n == Pending::CHUNK {
+                    if pending.n == Recycler::BATCH {
                         accepted += pending.queue(&mut rejected);
                     }
                 }
@@ -169,14 +173,11 @@ impl fmt::Debug for Recycler {
 /// them then, so no slot is left `Returned` without a ring entry.
 struct Pending<'a> {
     recycler: &'a Recycler,
-    entries: [u64; Pending::CHUNK],
+    entries: [u64; Recycler::BATCH],
     n: usize,
 }
 
 impl Pending<'_> {
-    /// Entries queued with one claim on the ring.
-    const CHUNK: usize = 64;
-
     /// Queues what is pending and returns how many went in; what did not fit (unreachable, as
     /// in `give_back`) is put back to `Lent` and passed to `not_queued`.
     fn queue(&mut self, mut not_queued: impl FnMut(ReturnError)) -> usize {

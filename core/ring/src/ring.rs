@@ -59,7 +59,8 @@ pub const MAX_CAPACITY: usize = max_capacity();
 
 const fn max_capacity() -> usize {
     // Largest power of two whose entry array fits Rust's allocation limit; at most 2^58 on
-    // 64-bit, far below the 2^(usize::BITS - 1) that the wrapping sequence comparison needs.
+    // 64-bit, far below the 2^(usize::BITS - 1) that `claim`'s signed wrapping comparison of
+    // positions needs.
     let fit = isize::MAX as usize / std::mem::size_of::<Entry>();
     let layout_max = 1usize << (usize::BITS - 1 - fit.leading_zeros());
     // One entry per u32 id is as many as any user of a u64 queue of ids needs (gdrx's Recycler
@@ -239,7 +240,7 @@ impl RecycleRing {
 
     /// The lap-parity bit of position `pos`.
     fn lap_bit(&self, pos: usize) -> u64 {
-        ((pos >> self.lap_shift) as u64 & 1) << 63
+        ((pos >> self.lap_shift) as u64 & 1) * LAP_BIT
     }
 
     /// Writes `v` into the entry of claimed position `pos`, marked with its lap.
